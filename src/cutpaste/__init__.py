@@ -1,0 +1,4 @@
+"""cutpaste
+"""
+
+__version__ = "0.1"

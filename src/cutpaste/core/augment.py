@@ -1,0 +1,437 @@
+"""CutPaste augmentations as batched tensor operations.
+
+Every function takes a batch ``(B, 3, H, W)`` float tensor in [0, 1] on any device and returns a
+new tensor of the same shape; nothing loops over images in Python. Randomness comes from an
+explicit ``torch.Generator`` so a run repeats exactly. Each augmentation separates *sampling* its
+random parameters (``sample``) from *applying* them (``apply``), so the parameters can be logged,
+replayed, or checked against a per-image reference implementation.
+
+Defaults are the paper's (Li et al., CVPR 2021), at 256 x 256 px:
+
+* CutPaste: patch area / image area ~ U(0.02, 0.15); aspect ratio ~ U(0.3, 1) or U(1, 3.3) with
+  equal probability; source and target boxes lie inside the image; the patch is colour-jittered
+  (brightness, contrast, saturation, hue, random order) with intensity 0.1 before pasting.
+* CutPaste-Scar: a thin rectangle, width U[2, 16] px and length U[10, 25] px (scaled by H / 256),
+  cut from the same image, jittered, rotated U(-45, 45) degrees and pasted elsewhere.
+* 3-way: normal / CutPaste / CutPaste-Scar; binary union: normal / (CutPaste or Scar).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue
+
+
+def _uniform(low: float, high: float, size: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(size, generator=generator, device=device)
+
+
+def rgb_to_gray(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma with ITU-R 601-2 weights (as torchvision)."""
+    red, green, blue = images.unbind(1)
+    return (GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue).unsqueeze(1)
+
+
+def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV in [0, 1] (the formulas torchvision uses)."""
+    red, green, blue = images.unbind(1)
+    max_c = images.amax(1)
+    min_c = images.amin(1)
+    equal = max_c == min_c
+    chroma = max_c - min_c
+    ones = torch.ones_like(max_c)
+    saturation = chroma / torch.where(equal, ones, max_c)
+    divisor = torch.where(equal, ones, chroma)
+    red_c = (max_c - red) / divisor
+    green_c = (max_c - green) / divisor
+    blue_c = (max_c - blue) / divisor
+    hue_r = (max_c == red) * (blue_c - green_c)
+    hue_g = ((max_c == green) & (max_c != red)) * (2.0 + red_c - blue_c)
+    hue_b = ((max_c != green) & (max_c != red)) * (4.0 + green_c - red_c)
+    hue = torch.fmod((hue_r + hue_g + hue_b) / 6.0 + 1.0, 1.0)
+    return torch.stack((hue, saturation, max_c), 1)
+
+
+def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    hue, saturation, value = images.unbind(1)
+    sector = torch.floor(hue * 6.0)
+    fraction = hue * 6.0 - sector
+    sector = sector.to(torch.int64) % 6
+    p = (value * (1.0 - saturation)).clamp(0.0, 1.0)
+    q = (value * (1.0 - saturation * fraction)).clamp(0.0, 1.0)
+    t = (value * (1.0 - saturation * (1.0 - fraction))).clamp(0.0, 1.0)
+    table = torch.stack(
+        (
+            torch.stack((value, q, p, p, t, value), 1),
+            torch.stack((t, value, value, q, p, p), 1),
+            torch.stack((p, p, t, value, value, q), 1),
+        ),
+        1,
+    )  # (B, 3 channels, 6 sectors, H, W)
+    index = sector.unsqueeze(1).unsqueeze(1).expand(-1, 3, 1, -1, -1)
+    return table.gather(2, index).squeeze(2)
+
+
+@dataclass
+class JitterParams:
+    """Per-image colour-jitter factors, each (B,); ``order`` (B, 4) is a permutation of op ids
+    0 brightness, 1 contrast, 2 saturation, 3 hue."""
+
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    order: torch.Tensor
+
+
+def sample_jitter(batch: int, intensity: float, generator: torch.Generator | None, device) -> JitterParams:
+    """Factors as torchvision's ColorJitter(intensity, intensity, intensity, intensity)."""
+    low, high = max(0.0, 1.0 - intensity), 1.0 + intensity
+    return JitterParams(
+        brightness=_uniform(low, high, batch, generator, device),
+        contrast=_uniform(low, high, batch, generator, device),
+        saturation=_uniform(low, high, batch, generator, device),
+        hue=_uniform(-min(intensity, 0.5), min(intensity, 0.5), batch, generator, device),
+        order=torch.rand(batch, NUM_JITTER_OPS, generator=generator, device=device).argsort(1),
+    )
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    factor = factor.view(-1, 1, 1, 1)
+    return (factor * images + (1.0 - factor) * other).clamp(0.0, 1.0)
+
+
+def _jitter_op(op: int, images: torch.Tensor, factor: torch.Tensor, region: torch.Tensor | None) -> torch.Tensor:
+    if op == 0:
+        return (images * factor.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+    if op == 1:
+        gray = rgb_to_gray(images)
+        if region is None:
+            mean = gray.mean((1, 2, 3), keepdim=True)
+        else:
+            mean = (gray * region).sum((1, 2, 3), keepdim=True) / region.sum((1, 2, 3), keepdim=True).clamp_min(1)
+        return _blend(images, mean, factor)
+    if op == 2:
+        return _blend(images, rgb_to_gray(images), factor)
+    hsv = rgb_to_hsv(images)
+    hue = torch.remainder(hsv[:, 0] + factor.view(-1, 1, 1), 1.0)
+    return hsv_to_rgb(torch.stack((hue, hsv[:, 1], hsv[:, 2]), 1))
+
+
+def color_jitter(images: torch.Tensor, params: JitterParams, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply per-image colour jitter in each image's own random op order.
+
+    Args:
+        images: (B, 3, H, W) float in [0, 1].
+        region: optional (B, 1, H, W) float {0, 1}: the pixels over which contrast's mean grey is
+            taken (the patch, when only a patch is jittered). Whole image when None.
+    """
+    factors = (params.brightness, params.contrast, params.saturation, params.hue)
+    out = images.clone()
+    for position in range(NUM_JITTER_OPS):
+        for op in range(NUM_JITTER_OPS):
+            selected = (params.order[:, position] == op).nonzero().squeeze(1)
+            if selected.numel() == 0:
+                continue
+            sub_region = None if region is None else region[selected]
+            out[selected] = _jitter_op(op, out[selected], factors[op][selected], sub_region)
+    return out
+
+
+def random_translate(images: torch.Tensor, max_shift: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Shift every image by its own random offset up to ``max_shift`` x size, reflect-padded.
+
+    Args:
+        images: (B, C, H, W); max_shift: fraction of the side, e.g. 0.1.
+    """
+    if max_shift <= 0:
+        return images
+    batch, _, height, width = images.shape
+    pad_y, pad_x = int(round(max_shift * height)), int(round(max_shift * width))
+    padded = torch.nn.functional.pad(images, (pad_x, pad_x, pad_y, pad_y), mode="reflect")
+    offset_y = torch.randint(0, 2 * pad_y + 1, (batch,), generator=generator, device=images.device)
+    offset_x = torch.randint(0, 2 * pad_x + 1, (batch,), generator=generator, device=images.device)
+    rows = offset_y[:, None] + torch.arange(height, device=images.device)
+    cols = offset_x[:, None] + torch.arange(width, device=images.device)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _gather_pixels(images: torch.Tensor, source_y: torch.Tensor, source_x: torch.Tensor) -> torch.Tensor:
+    """out[b, c, y, x] = images[b, c, source_y[b, y, x], source_x[b, y, x]]."""
+    batch, channels, height, width = images.shape
+    flat_index = (source_y * width + source_x).view(batch, 1, -1).expand(-1, channels, -1)
+    return images.reshape(batch, channels, -1).gather(2, flat_index).view(batch, channels, height, width)
+
+
+def _box_mask(top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 1, H, W) float {0, 1} of the boxes."""
+    device = top.device
+    ys = torch.arange(height, device=device).view(1, -1, 1)
+    xs = torch.arange(width, device=device).view(1, 1, -1)
+    inside = (
+        (ys >= top.view(-1, 1, 1)) & (ys < (top + box_h).view(-1, 1, 1))
+        & (xs >= left.view(-1, 1, 1)) & (xs < (left + box_w).view(-1, 1, 1))
+    )
+    return inside.unsqueeze(1).float()
+
+
+def _randint_below(high: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Per-element uniform integer in [0, high] (inclusive)."""
+    return (torch.rand(high.shape, generator=generator, device=high.device) * (high + 1)).floor().long().clamp_max(high)
+
+
+@dataclass
+class PatchParams:
+    """Per-image patch geometry in pixels, each (B,) int64 (``angle_deg`` float, 0 for CutPaste)."""
+
+    source_top: torch.Tensor
+    source_left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    target_top: torch.Tensor
+    target_left: torch.Tensor
+    angle_deg: torch.Tensor
+    jitter: JitterParams
+
+    def subset(self, index: torch.Tensor) -> PatchParams:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "jitter"}
+        jitter = JitterParams(**{f.name: getattr(self.jitter, f.name)[index] for f in fields(JitterParams)})
+        return PatchParams(**{k: v[index] for k, v in values.items()}, jitter=jitter)
+
+
+class Augmentation(Protocol):
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> PatchParams: ...
+
+    def apply(self, images: torch.Tensor, params: PatchParams) -> torch.Tensor: ...
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+class CutPaste:
+    """Cut a rectangle, colour-jitter it, paste it at another place of the same image.
+
+    Args:
+        area_ratio: (min, max) patch area as a fraction of the image area.
+        aspect_ratio_low / aspect_ratio_high: the two width/height ranges, each picked with p = 0.5.
+        jitter: colour-jitter intensity applied to the patch.
+    """
+
+    def __init__(
+        self,
+        area_ratio: tuple[float, float] = (0.02, 0.15),
+        aspect_ratio_low: tuple[float, float] = (0.3, 1.0),
+        aspect_ratio_high: tuple[float, float] = (1.0, 3.3),
+        jitter: float = 0.1,
+    ) -> None:
+        if not 0 < area_ratio[0] <= area_ratio[1] < 1:
+            raise ValueError(f"area_ratio must satisfy 0 < min <= max < 1, got {area_ratio}")
+        self.area_ratio = tuple(area_ratio)
+        self.aspect_ratio_low = tuple(aspect_ratio_low)
+        self.aspect_ratio_high = tuple(aspect_ratio_high)
+        self.jitter = jitter
+
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None = None) -> PatchParams:
+        batch, _, height, width = images.shape
+        device = images.device
+        area = _uniform(*self.area_ratio, batch, generator, device) * height * width
+        use_high = torch.rand(batch, generator=generator, device=device) < 0.5
+        aspect = torch.where(
+            use_high,
+            _uniform(*self.aspect_ratio_high, batch, generator, device),
+            _uniform(*self.aspect_ratio_low, batch, generator, device),
+        )
+        patch_w = torch.sqrt(area * aspect).round().long().clamp(1, width)
+        patch_h = torch.sqrt(area / aspect).round().long().clamp(1, height)
+        return PatchParams(
+            source_top=_randint_below(height - patch_h, generator),
+            source_left=_randint_below(width - patch_w, generator),
+            height=patch_h,
+            width=patch_w,
+            target_top=_randint_below(height - patch_h, generator),
+            target_left=_randint_below(width - patch_w, generator),
+            angle_deg=torch.zeros(batch, device=device),
+            jitter=sample_jitter(batch, self.jitter, generator, device),
+        )
+
+    def apply(self, images: torch.Tensor, params: PatchParams) -> torch.Tensor:
+        _, _, height, width = images.shape
+        source_region = _box_mask(params.source_top, params.source_left, params.height, params.width, height, width)
+        jittered = color_jitter(images, params.jitter, region=source_region)
+        target = _box_mask(params.target_top, params.target_left, params.height, params.width, height, width)
+        ys = torch.arange(height, device=images.device).view(1, -1, 1)
+        xs = torch.arange(width, device=images.device).view(1, 1, -1)
+        source_y = (ys - params.target_top.view(-1, 1, 1) + params.source_top.view(-1, 1, 1)).clamp(0, height - 1)
+        source_x = (xs - params.target_left.view(-1, 1, 1) + params.source_left.view(-1, 1, 1)).clamp(0, width - 1)
+        pasted = _gather_pixels(jittered, source_y, source_x)
+        return torch.where(target.bool(), pasted, images)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images, generator))
+
+
+class CutPasteScar:
+    """Cut a thin rectangle, jitter it, rotate it and paste it elsewhere in the same image.
+
+    Args:
+        width_px / length_px: (min, max) at ``reference_size``; scaled by H / reference_size.
+        rotation_deg: (min, max) rotation of the pasted scar.
+    """
+
+    def __init__(
+        self,
+        width_px: tuple[float, float] = (2, 16),
+        length_px: tuple[float, float] = (10, 25),
+        rotation_deg: tuple[float, float] = (-45, 45),
+        jitter: float = 0.1,
+        reference_size: int = 256,
+    ) -> None:
+        self.width_px = tuple(width_px)
+        self.length_px = tuple(length_px)
+        self.rotation_deg = tuple(rotation_deg)
+        self.jitter = jitter
+        self.reference_size = reference_size
+
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None = None) -> PatchParams:
+        batch, _, height, width = images.shape
+        device = images.device
+        scale = height / self.reference_size
+        scar_w = (_uniform(*self.width_px, batch, generator, device) * scale).round().long().clamp(1, width)
+        scar_h = (_uniform(*self.length_px, batch, generator, device) * scale).round().long().clamp(1, height)
+        angle = _uniform(*self.rotation_deg, batch, generator, device)
+        radians = torch.deg2rad(angle)
+        cos, sin = radians.cos().abs(), radians.sin().abs()
+        bound_w = torch.ceil(scar_w * cos + scar_h * sin).long().clamp(max=width)
+        bound_h = torch.ceil(scar_w * sin + scar_h * cos).long().clamp(max=height)
+        return PatchParams(
+            source_top=_randint_below(height - scar_h, generator),
+            source_left=_randint_below(width - scar_w, generator),
+            height=scar_h,
+            width=scar_w,
+            target_top=_randint_below(height - bound_h, generator),  # of the rotated bounding box
+            target_left=_randint_below(width - bound_w, generator),
+            angle_deg=angle,
+            jitter=sample_jitter(batch, self.jitter, generator, device),
+        )
+
+    @staticmethod
+    def target_geometry(params: PatchParams, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inside (B, H, W) bool, source_y, source_x (B, H, W) int64) of the rotated paste.
+
+        Target pixel centres are rotated back by -angle about the centre of the rotated bounding
+        box; a pixel is inside the scar where it lands within the unrotated w x h box.
+        """
+        radians = torch.deg2rad(params.angle_deg).view(-1, 1, 1)
+        cos, sin = radians.cos(), radians.sin()
+        scar_w = params.width.view(-1, 1, 1).float()
+        scar_h = params.height.view(-1, 1, 1).float()
+        bound_w = torch.ceil(scar_w * cos.abs() + scar_h * sin.abs())
+        bound_h = torch.ceil(scar_w * sin.abs() + scar_h * cos.abs())
+        centre_y = params.target_top.view(-1, 1, 1) + bound_h / 2
+        centre_x = params.target_left.view(-1, 1, 1) + bound_w / 2
+        device = params.angle_deg.device
+        dy = torch.arange(height, device=device).view(1, -1, 1) + 0.5 - centre_y
+        dx = torch.arange(width, device=device).view(1, 1, -1) + 0.5 - centre_x
+        u = cos * dx + sin * dy  # along the scar's width
+        v = -sin * dx + cos * dy  # along its length
+        inside = (u.abs() < scar_w / 2) & (v.abs() < scar_h / 2)
+        source_y = (params.source_top.view(-1, 1, 1) + torch.floor(v + scar_h / 2).long()).clamp(0, height - 1)
+        source_x = (params.source_left.view(-1, 1, 1) + torch.floor(u + scar_w / 2).long()).clamp(0, width - 1)
+        return inside, source_y, source_x
+
+    def apply(self, images: torch.Tensor, params: PatchParams) -> torch.Tensor:
+        _, _, height, width = images.shape
+        source_region = _box_mask(params.source_top, params.source_left, params.height, params.width, height, width)
+        jittered = color_jitter(images, params.jitter, region=source_region)
+        inside, source_y, source_x = self.target_geometry(params, height, width)
+        pasted = _gather_pixels(jittered, source_y, source_x)
+        return torch.where(inside.unsqueeze(1), pasted, images)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images, generator))
+
+
+class CutPasteUnion:
+    """Each image gets CutPaste or CutPaste-Scar with probability 1/2 (the binary "union" task)."""
+
+    def __init__(self, cutpaste: CutPaste, scar: CutPasteScar) -> None:
+        self.cutpaste = cutpaste
+        self.scar = scar
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        use_scar = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
+        out = images.clone()
+        for selected, augmentation in ((~use_scar, self.cutpaste), (use_scar, self.scar)):
+            index = selected.nonzero().squeeze(1)
+            if index.numel():
+                out[index] = augmentation(images[index], generator)
+        return out
+
+
+class ProxyTask:
+    """A k-way classification task: view i of every base image gets label i.
+
+    ``views[0]`` is normally ``None`` (the unaltered image). Calling the task on n base images
+    returns (n * k, 3, H, W) images and (n * k,) int64 labels.
+    """
+
+    def __init__(self, views: list) -> None:
+        if len(views) < 2:
+            raise ValueError("a proxy task needs at least two views")
+        self.views = views
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.views)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = [images if view is None else view(images, generator) for view in self.views]
+        labels = torch.arange(self.num_classes, device=images.device).repeat_interleave(images.shape[0])
+        return torch.cat(outputs), labels
+
+
+class CutPaste3Way(ProxyTask):
+    """normal / CutPaste / CutPaste-Scar, the paper's best task."""
+
+    def __init__(self, cutpaste: CutPaste | None = None, scar: CutPasteScar | None = None) -> None:
+        super().__init__([None, cutpaste or CutPaste(), scar or CutPasteScar()])
+
+
+class Preprocess:
+    """The ordinary augmentations applied to every view before the proxy task: random translation
+    (reflect padding) and whole-image colour jitter."""
+
+    def __init__(self, max_translation: float = 0.1, jitter: float = 0.1) -> None:
+        self.max_translation = max_translation
+        self.jitter = jitter
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        images = random_translate(images, self.max_translation, generator)
+        if self.jitter > 0:
+            images = color_jitter(images, sample_jitter(images.shape[0], self.jitter, generator, images.device))
+        return images
+
+
+TASKS = ("3way", "binary", "cutpaste", "scar")
+
+
+def build_task(name: str, cutpaste: dict | None = None, scar: dict | None = None) -> ProxyTask:
+    """Proxy task by name: "3way" (default of the paper), "binary" (union), "cutpaste", "scar"."""
+    cutpaste_aug = CutPaste(**(cutpaste or {}))
+    scar_aug = CutPasteScar(**(scar or {}))
+    if name == "3way":
+        return CutPaste3Way(cutpaste_aug, scar_aug)
+    if name == "binary":
+        return ProxyTask([None, CutPasteUnion(cutpaste_aug, scar_aug)])
+    if name == "cutpaste":
+        return ProxyTask([None, cutpaste_aug])
+    if name == "scar":
+        return ProxyTask([None, scar_aug])
+    raise ValueError(f"unknown proxy task '{name}', expected one of {TASKS}")

@@ -1,0 +1,20 @@
+"""Project pipelines.
+
+* ``__default__`` / ``detection``: per-category image-level CutPaste (one namespace per category)
+  followed by the cross-category report.
+
+Categories come from the run's parameters (``categories``, or discovered under ``data_root``).
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from cutpaste import project_params
+from cutpaste.pipelines import detection, reporting
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    categories = project_params.categories()
+    image_level = detection.create_pipeline(categories) + reporting.create_pipeline(categories)
+    return {"__default__": image_level, "detection": image_level}

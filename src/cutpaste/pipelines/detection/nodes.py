@@ -1,0 +1,120 @@
+"""Nodes of the per-category image-level detection pipeline: unpack parameters, call core."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cutpaste.core import data, report, synthetic
+from cutpaste.core.augment import Preprocess, build_task
+from cutpaste.core.density import GaussianDensity
+from cutpaste.core.metrics import image_auroc
+from cutpaste.core.models import CutPasteNet
+from cutpaste.core.train import TrainConfig, Trainer, extract_features
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_raw_data(category: str, data_root: str, demo: dict) -> str:
+    """Generate the demo category when configured and absent; return the data root to read.
+
+    Raises:
+        data.DatasetError: when the category folder is missing and demo generation is off.
+    """
+    if demo.get("generate", False):
+        settings = {key: value for key, value in demo.items() if key != "generate"}
+        synthetic.ensure_demo_category(data_root, category, **settings)
+    elif not (Path(data_root) / category).is_dir():
+        raise data.DatasetError(f"{Path(data_root) / category}: category folder not found (set data_root)")
+    return str(data_root)
+
+
+def ingest_category(category: str, data_root: str, ingest: dict) -> tuple[dict, pd.DataFrame]:
+    """Decode a category once at the working resolution.
+
+    Returns:
+        ({"category", "image_size", "train_images" (N, S, S, 3) uint8, "test_images",
+        "test_masks" (M, S, S) uint8}, index table: path, split, defect_type, label, mask_path).
+    """
+    loaded = data.load_category(data_root, category, int(ingest["image_size"]), progress=ingest.get("progress", True))
+    arrays = {"category": category, "image_size": int(ingest["image_size"]), **loaded.to_dict()}
+    return arrays, loaded.index
+
+
+def build_model(model: dict, num_classes: int) -> CutPasteNet:
+    return CutPasteNet(num_classes=num_classes, head_dims=tuple(model["head_dims"]), backbone=model["backbone"])
+
+
+def load_model(state_dict: dict, model: dict) -> CutPasteNet:
+    """Rebuild a trained network from its state dict (number of classes read from the classifier)."""
+    network = build_model(model, num_classes=int(state_dict["classifier.weight"].shape[0]))
+    network.load_state_dict(state_dict)
+    return network.eval()
+
+
+def _train_config(training: dict) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{key: value for key, value in training.items() if key in fields})
+
+
+def train_model(dataset: dict, model: dict, training: dict, augment: dict) -> tuple[CutPasteNet, pd.DataFrame]:
+    """Train the proxy task on the normal training images.
+
+    Checkpoints go to ``<training.checkpoint_dir>/<category>/<task>_seed<seed>.pt``; a restarted run
+    resumes from there. Returns the trained network and its per-step history.
+    """
+    config = _train_config(training)
+    torch.manual_seed(config.seed)
+    task = build_task(augment["task"], augment.get("cutpaste"), augment.get("scar"))
+    network = build_model(model, task.num_classes)
+    checkpoint = None
+    if training.get("checkpoint_dir"):
+        checkpoint = Path(training["checkpoint_dir"]) / dataset["category"] / f"{augment['task']}_seed{config.seed}.pt"
+    trainer = Trainer(network, task, Preprocess(**augment.get("preprocess", {})), config, checkpoint)
+    logger.info("%s: training %s for %d steps on %s (%s, %s)", dataset["category"], augment["task"], config.steps,
+                trainer.device, trainer.dtype or "fp32", "channels_last" if trainer.memory_format == torch.channels_last else "contiguous")
+    history = trainer.fit(dataset["train_images"], progress=training.get("progress", True))
+    return network.cpu(), history
+
+
+def _features(state_dict: dict, images: np.ndarray, model: dict, training: dict, features: dict) -> np.ndarray:
+    network = load_model(state_dict, model)
+    return extract_features(network, images, batch_size=int(features["batch_size"]), device=training["device"],
+                            precision=training["precision"], memory_format=training["memory_format"])
+
+
+def extract_train_features(state_dict: dict, dataset: dict, model: dict, training: dict, features: dict) -> np.ndarray:
+    """(N_train, D) float32 pooled features of the normal training images, eval mode, no augmentation."""
+    return _features(state_dict, dataset["train_images"], model, training, features)
+
+
+def fit_density(train_features: np.ndarray, density: dict) -> GaussianDensity:
+    return GaussianDensity(shrinkage=density["shrinkage"], l2_normalize=density["l2_normalize"]).fit(train_features)
+
+
+def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict) -> pd.DataFrame:
+    """One row per test image: path, defect_type, label, score (higher = more anomalous)."""
+    test_features = _features(state_dict, dataset["test_images"], model, training, features)
+    scores = index.loc[index["split"] == "test", ["path", "defect_type", "label"]].reset_index(drop=True)
+    scores["score"] = gde.score_samples(test_features)
+    return scores
+
+
+def evaluate_detection(scores: pd.DataFrame, dataset: dict):
+    """Image AUROC and figures (ROC curve, score histogram) for one category."""
+    category = dataset["category"]
+    labels = scores["label"].to_numpy()
+    metrics = {"image_auroc": image_auroc(labels, scores["score"].to_numpy()), "n_test": int(len(scores)),
+               "n_defective": int(labels.sum())}
+    logger.info("%s: image AUROC %.4f on %d test images", category, metrics["image_auroc"], len(scores))
+    roc = report.roc_figure(labels, scores["score"].to_numpy(), f"{category}: image AUROC {100 * metrics['image_auroc']:.1f}")
+    histogram = report.score_histogram(scores, f"{category}: anomaly scores")
+    return metrics, roc, histogram
+
+
+def training_figure(history: pd.DataFrame, dataset: dict):
+    return report.loss_figure(history, f"{dataset['category']}: proxy-task training")
