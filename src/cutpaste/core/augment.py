@@ -133,10 +133,11 @@ def color_jitter(images: torch.Tensor, params: JitterParams, region: torch.Tenso
             taken (the patch, when only a patch is jittered). Whole image when None.
     """
     factors = (params.brightness, params.contrast, params.saturation, params.hue)
+    identity = (1.0, 1.0, 1.0, 0.0)
     out = images.clone()
     for position in range(NUM_JITTER_OPS):
         for op in range(NUM_JITTER_OPS):
-            selected = (params.order[:, position] == op).nonzero().squeeze(1)
+            selected = ((params.order[:, position] == op) & (factors[op] != identity[op])).nonzero().squeeze(1)
             if selected.numel() == 0:
                 continue
             sub_region = None if region is None else region[selected]
