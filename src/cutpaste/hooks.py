@@ -143,7 +143,7 @@ class MlflowTrackingHook:
                 if isinstance(metric, (int, float)):
                     self.client.log_metric(run_id, key, float(metric))
         elif isinstance(value, matplotlib.figure.Figure):
-            self.client.log_figure(run_id, value, f"figures/{name}.png")
+            self.client.log_figure(run_id, value, f"figures/{name.removesuffix('_figure')}.png")
         elif isinstance(value, pd.DataFrame):
             if name == "training_history":
                 metrics = [

@@ -1,0 +1,65 @@
+"""The default pipeline end to end through a KedroSession, at tiny size (conf/test)."""
+
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def _run(project, **kwargs):
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env="test", runtime_params=kwargs.pop("runtime_params", None)) as session:
+        return session.run(**kwargs)
+
+
+def _runs(project):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cutpaste")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_default_pipeline_end_to_end_with_mlflow_and_resume(project_copy):
+    _run(project_copy, runtime_params={"categories": ["brick", "gravel"]})
+
+    table = pd.read_csv(project_copy / "data/08_reporting/detection_table.csv")
+    assert table["category"].tolist() == ["brick", "gravel", "mean"]
+    assert table["image_auroc"].between(0, 100).all()
+    assert table["n_test"].tolist()[:2] == [14, 14]
+    assert "| brick" in (project_copy / "data/08_reporting/detection_table.md").read_text()
+    scores = pd.read_csv(project_copy / "data/07_model_output/brick/scores.csv")
+    assert list(scores.columns) == ["path", "defect_type", "label", "score"] and len(scores) == 14
+    for figure in ("roc", "score_histogram", "training"):
+        assert (project_copy / f"data/08_reporting/gravel/{figure}.png").stat().st_size > 1000
+
+    client, runs = _runs(project_copy)
+    parent = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert sorted(run.info.run_name for run in children) == ["brick", "gravel"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert child.info.status == "FINISHED"
+        assert 0 <= child.data.metrics["image_auroc"] <= 1
+        assert child.data.params["augment.task"] == "3way" and child.data.params["training.steps"] == "6"
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 6
+        artifacts = {item.path for folder in ("figures", "tables") for item in client.list_artifacts(child.info.run_id, folder)}
+        assert {"figures/roc.png", "figures/score_histogram.png", "tables/scores.csv"} <= artifacts
+
+    model_file = project_copy / "data/06_models/brick/model.pt"
+    stamp = model_file.stat().st_mtime_ns
+    (project_copy / "data/08_reporting/detection_table.csv").unlink()
+    _run(project_copy, runtime_params={"categories": ["brick", "gravel"]}, only_missing_outputs=True)
+    assert (project_copy / "data/08_reporting/detection_table.csv").is_file()
+    assert model_file.stat().st_mtime_ns == stamp  # nothing upstream of the missing table re-ran
+
+
+def test_failed_node_marks_its_mlflow_runs_failed(project_copy):
+    missing = project_copy / "no_such_data"
+    with pytest.raises(Exception, match="category folder not found"):
+        _run(project_copy, runtime_params={"data_root": str(missing), "demo": {"generate": False}, "categories": ["brick"]})
+    _, runs = _runs(project_copy)
+    assert {run.info.status for run in runs} == {"FAILED"}
+    assert len(runs) == 2
