@@ -43,8 +43,10 @@ def cutpaste_reference(images: torch.Tensor, params: PatchParams) -> torch.Tenso
 
 
 def scar_reference(images: torch.Tensor, params: PatchParams) -> torch.Tensor:
+    """Per image: crop the w x h patch, jitter it, and map every target pixel back into it."""
     out = images.clone()
     _, _, image_h, image_w = images.shape
+    ys, xs = torch.meshgrid(torch.arange(image_h) + 0.5, torch.arange(image_w) + 0.5, indexing="ij")
     for index in range(images.shape[0]):
         top, left = int(params.source_top[index]), int(params.source_left[index])
         scar_h, scar_w = int(params.height[index]), int(params.width[index])
@@ -53,13 +55,18 @@ def scar_reference(images: torch.Tensor, params: PatchParams) -> torch.Tensor:
         cos, sin = math.cos(angle), math.sin(angle)
         bound_w = math.ceil(scar_w * abs(cos) + scar_h * abs(sin))
         bound_h = math.ceil(scar_w * abs(sin) + scar_h * abs(cos))
-        centre_y = int(params.target_top[index]) + bound_h / 2
-        centre_x = int(params.target_left[index]) + bound_w / 2
-        for y in range(image_h):
-            for x in range(image_w):
-                dy, dx = y + 0.5 - centre_y, x + 0.5 - centre_x
-                u = cos * dx + sin * dy
-                v = -sin * dx + cos * dy
-                if abs(u) < scar_w / 2 and abs(v) < scar_h / 2:
-                    out[index, :, y, x] = patch[:, min(int(math.floor(v + scar_h / 2)), scar_h - 1), min(int(math.floor(u + scar_w / 2)), scar_w - 1)]
+        dy = ys - (int(params.target_top[index]) + bound_h / 2)
+        dx = xs - (int(params.target_left[index]) + bound_w / 2)
+        u = cos * dx + sin * dy
+        v = -sin * dx + cos * dy
+        inside = (u.abs() < scar_w / 2) & (v.abs() < scar_h / 2)
+        rows = torch.floor(v[inside] + scar_h / 2).long().clamp(0, scar_h - 1)
+        cols = torch.floor(u[inside] + scar_w / 2).long().clamp(0, scar_w - 1)
+        out[index][:, inside] = patch[:, rows, cols]
     return out
+
+
+def translate_reference(image: torch.Tensor, offset_y: int, offset_x: int, pad_y: int, pad_x: int) -> torch.Tensor:
+    """One image, reflect-padded, cropped back at the given offset."""
+    padded = torch.nn.functional.pad(image.unsqueeze(0), (pad_x, pad_x, pad_y, pad_y), mode="reflect")[0]
+    return padded[:, offset_y : offset_y + image.shape[1], offset_x : offset_x + image.shape[2]]

@@ -2,17 +2,11 @@
 
 import pandas as pd
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 
+from conftest import TINY_CATEGORIES, run_kedro
+
 pytestmark = pytest.mark.slow
-
-
-def _run(project, **kwargs):
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env="test", runtime_params=kwargs.pop("runtime_params", None)) as session:
-        return session.run(**kwargs)
 
 
 def _runs(project):
@@ -21,8 +15,8 @@ def _runs(project):
     return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_default_pipeline_end_to_end_with_mlflow_and_resume(project_copy):
-    _run(project_copy, runtime_params={"categories": ["brick", "gravel"]})
+def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
+    project_copy = trained_project
 
     table = pd.read_csv(project_copy / "data/08_reporting/detection_table.csv")
     assert table["category"].tolist() == ["brick", "gravel", "mean"]
@@ -35,13 +29,14 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(project_copy):
         assert (project_copy / f"data/08_reporting/gravel/{figure}.png").stat().st_size > 1000
 
     client, runs = _runs(project_copy)
-    parent = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
-    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    parent = [run for run in runs if "mlflow.parentRunId" not in run.data.tags][:1]  # the first kedro run
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert parent[0].info.status == "FINISHED" and parent[0].data.tags["kedro.pipelines"] == "__default__"
     assert sorted(run.info.run_name for run in children) == ["brick", "gravel"]
     for child in children:
-        assert child.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert child.info.status == "FINISHED"
+        assert child.data.tags["detector_model_uri"].startswith("models:/")
+        assert 0 <= child.data.metrics["fpr_normal_test_at_threshold"] <= 1
         assert 0 <= child.data.metrics["image_auroc"] <= 1
         assert child.data.params["augment.task"] == "3way" and child.data.params["training.steps"] == "6"
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 6
@@ -51,7 +46,7 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(project_copy):
     model_file = project_copy / "data/06_models/brick/model.pt"
     stamp = model_file.stat().st_mtime_ns
     (project_copy / "data/08_reporting/detection_table.csv").unlink()
-    _run(project_copy, runtime_params={"categories": ["brick", "gravel"]}, only_missing_outputs=True)
+    run_kedro(project_copy, runtime_params={"categories": TINY_CATEGORIES}, only_missing_outputs=True)
     assert (project_copy / "data/08_reporting/detection_table.csv").is_file()
     assert model_file.stat().st_mtime_ns == stamp  # nothing upstream of the missing table re-ran
 
@@ -59,7 +54,7 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(project_copy):
 def test_failed_node_marks_its_mlflow_runs_failed(project_copy):
     missing = project_copy / "no_such_data"
     with pytest.raises(Exception, match="category folder not found"):
-        _run(project_copy, runtime_params={"data_root": str(missing), "demo": {"generate": False}, "categories": ["brick"]})
+        run_kedro(project_copy, runtime_params={"data_root": str(missing), "demo": {"generate": False}, "categories": ["brick"]})
     _, runs = _runs(project_copy)
     assert {run.info.status for run in runs} == {"FAILED"}
     assert len(runs) == 2

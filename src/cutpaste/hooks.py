@@ -138,7 +138,11 @@ class MlflowTrackingHook:
         import matplotlib.figure
         from mlflow.entities import Metric
 
-        if name == "metrics" and isinstance(value, dict):
+        from cutpaste.core.detector import Detector
+
+        if isinstance(value, Detector):
+            self._log_detector(run_id, value)
+        elif name == "metrics" and isinstance(value, dict):
             for key, metric in value.items():
                 if isinstance(metric, (int, float)):
                     self.client.log_metric(run_id, key, float(metric))
@@ -158,6 +162,19 @@ class MlflowTrackingHook:
                 self.client.log_artifact(run_id, str(path), "tables")
         elif isinstance(value, str) and name.endswith("markdown"):
             self.client.log_text(run_id, value, f"tables/{name}.md")
+
+    def _log_detector(self, run_id: str, detector) -> None:
+        """Log the detector as an MLflow pyfunc model ("detector") of the category's run."""
+        import mlflow
+
+        from cutpaste.serving import log_pyfunc
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with tempfile.TemporaryDirectory() as folder, mlflow.start_run(run_id=run_id):
+            info = log_pyfunc(detector.save(Path(folder) / "detector"))
+        self.client.update_run(run_id, status="RUNNING")  # start_run's exit closed it; the category goes on
+        self.client.set_tag(run_id, "detector_model_uri", info.model_uri)
+        logger.info("MLflow: detector of %s logged as %s", detector.category, info.model_uri)
 
     def _finish(self, status: str) -> None:
         if not self.client:

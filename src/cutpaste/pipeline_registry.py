@@ -2,6 +2,7 @@
 
 * ``__default__`` / ``detection``: per-category image-level CutPaste (one namespace per category)
   followed by the cross-category report.
+* ``inference``: score a folder of new images with one category's trained detector.
 
 Categories come from the run's parameters (``categories``, or discovered under ``data_root``).
 """
@@ -11,10 +12,10 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from cutpaste import project_params
-from cutpaste.pipelines import detection, reporting
+from cutpaste.pipelines import detection, inference, reporting
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     categories = project_params.categories()
     image_level = detection.create_pipeline(categories) + reporting.create_pipeline(categories)
-    return {"__default__": image_level, "detection": image_level}
+    return {"__default__": image_level, "detection": image_level, "inference": inference.create_pipeline()}

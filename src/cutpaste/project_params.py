@@ -8,6 +8,7 @@ session (e.g. ``kedro registry list``) the base/local config is read directly.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,12 @@ def get_params() -> dict[str, Any]:
 
 
 def categories(params: dict[str, Any] | None = None) -> list[str]:
-    """The categories to build pipelines for: ``categories`` from config, or every category found
-    under ``data_root`` when it is null or "auto"."""
+    """The categories to build pipelines for: ``categories`` from config (a list, or a string
+    separated by ";"), or every category found under ``data_root`` when it is null or "auto"."""
     params = get_params() if params is None else params
     listed = params.get("categories")
-    if isinstance(listed, str) and listed != "auto":
-        listed = [name.strip() for name in listed.split(",") if name.strip()]
+    if isinstance(listed, str) and listed != "auto":  # --params=categories=bottle;cable (the CLI splits on commas)
+        listed = [name for name in re.split(r"[;,\s]+", listed) if name]
     if listed and listed != "auto":
         return list(listed)
     from cutpaste.core.data import discover_categories

@@ -77,3 +77,16 @@ class GaussianDensity:
             centered = chunk - mean
             out.append(((centered @ precision) * centered).sum(-1))
         return torch.cat(out) if out else features.new_zeros(0)
+
+    def settings(self) -> dict:
+        return {"shrinkage": self.shrinkage, "l2_normalize": self.l2_normalize}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as arrays (for ``np.savez``; no pickle)."""
+        return {"mean": self.mean_, "covariance": self.covariance_, "precision": self.precision_}
+
+    @classmethod
+    def from_arrays(cls, settings: dict, arrays: dict[str, np.ndarray]) -> GaussianDensity:
+        density = cls(**settings)
+        density.mean_, density.covariance_, density.precision_ = arrays["mean"], arrays["covariance"], arrays["precision"]
+        return density

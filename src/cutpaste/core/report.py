@@ -79,12 +79,15 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, title: str) -> plt.Figure
     return figure
 
 
-def score_histogram(scores: pd.DataFrame, title: str) -> plt.Figure:
-    """Histogram of anomaly scores, normal vs each defect type (columns defect_type, label, score)."""
+def score_histogram(scores: pd.DataFrame, title: str, threshold: float | None = None) -> plt.Figure:
+    """Histogram of anomaly scores, normal vs defective (columns label, score), with the decision
+    threshold (fitted on normal training images) as a vertical line."""
     figure, axis = plt.subplots(figsize=(6, 4))
     bins = np.histogram_bin_edges(scores["score"], bins=30)
     axis.hist(scores.loc[scores["label"] == 0, "score"], bins=bins, alpha=0.6, label="good", color="tab:green")
     axis.hist(scores.loc[scores["label"] == 1, "score"], bins=bins, alpha=0.6, label="defective", color="tab:red")
+    if threshold is not None:
+        axis.axvline(threshold, color="black", ls="--", lw=1, label="threshold (train normals)")
     axis.set(xlabel="anomaly score (Mahalanobis)", ylabel="test images", title=title)
     axis.legend()
     figure.tight_layout()

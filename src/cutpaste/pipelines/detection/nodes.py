@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 from cutpaste.core import data, report, synthetic
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.metrics import image_auroc
+from cutpaste.core.detector import Detector, Threshold, fit_threshold
+from cutpaste.core.metrics import f1_max, image_auroc
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import TrainConfig, Trainer, extract_features
 
@@ -104,15 +106,41 @@ def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, ind
     return scores
 
 
-def evaluate_detection(scores: pd.DataFrame, dataset: dict):
-    """Image AUROC and figures (ROC curve, score histogram) for one category."""
+def calibrate_threshold(train_features: np.ndarray, density: dict, threshold: dict) -> dict:
+    """Decision threshold from normal training images only: a quantile of out-of-fold GDE scores."""
+    fitted = fit_threshold(train_features, density, quantile=float(threshold["quantile"]), folds=int(threshold["folds"]), seed=int(threshold.get("seed", 0)))
+    return dataclasses.asdict(fitted)
+
+
+def package_detector(state_dict: dict, gde: GaussianDensity, threshold: dict, dataset: dict, model: dict, training: dict, features: dict) -> Detector:
+    """Weights + GDE + threshold + preprocessing settings, for inference and serving."""
+    return Detector(
+        category=dataset["category"], image_size=int(dataset["image_size"]), model_config=dict(model),
+        state_dict=state_dict, density=gde, threshold=Threshold(**threshold),
+        feature_batch_size=int(features["batch_size"]), precision=training["precision"], device=training["device"],
+    )
+
+
+def evaluate_detection(scores: pd.DataFrame, threshold: dict, dataset: dict):
+    """Image AUROC, the training-time threshold's error rates on the test set, F1-max (test-set
+    oracle, for reference only), and figures (ROC curve, score histogram) for one category."""
     category = dataset["category"]
     labels = scores["label"].to_numpy()
-    metrics = {"image_auroc": image_auroc(labels, scores["score"].to_numpy()), "n_test": int(len(scores)),
-               "n_defective": int(labels.sum())}
-    logger.info("%s: image AUROC %.4f on %d test images", category, metrics["image_auroc"], len(scores))
-    roc = report.roc_figure(labels, scores["score"].to_numpy(), f"{category}: image AUROC {100 * metrics['image_auroc']:.1f}")
-    histogram = report.score_histogram(scores, f"{category}: anomaly scores")
+    values = scores["score"].to_numpy()
+    flagged = values > threshold["value"]
+    best_f1, best_f1_threshold = f1_max(labels, values)
+    metrics = {
+        "image_auroc": image_auroc(labels, values), "n_test": int(len(scores)), "n_defective": int(labels.sum()),
+        "threshold": float(threshold["value"]), "threshold_quantile": float(threshold["quantile"]),
+        "fpr_normal_test_at_threshold": float(flagged[labels == 0].mean()),
+        "tpr_defective_test_at_threshold": float(flagged[labels == 1].mean()),
+        "f1_max_test_oracle": best_f1, "f1_max_threshold_test_oracle": best_f1_threshold,
+    }
+    logger.info("%s: image AUROC %.4f on %d test images; threshold %.3g flags %.0f %% of normal and %.0f %% of defective test images",
+                category, metrics["image_auroc"], len(scores), threshold["value"],
+                100 * metrics["fpr_normal_test_at_threshold"], 100 * metrics["tpr_defective_test_at_threshold"])
+    roc = report.roc_figure(labels, values, f"{category}: image AUROC {100 * metrics['image_auroc']:.1f}")
+    histogram = report.score_histogram(scores, f"{category}: anomaly scores", threshold=threshold["value"])
     return metrics, roc, histogram
 
 

@@ -13,7 +13,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from cutpaste import project_params
 from cutpaste.pipelines.detection import nodes
 
-SHARED_PARAMETERS = ("data_root", "demo", "ingest", "model", "training", "augment", "features", "density")
+SHARED_PARAMETERS = ("data_root", "demo", "ingest", "model", "training", "augment", "features", "density", "threshold")
 
 
 def bind_category(function: Callable, category: str) -> Callable:
@@ -35,8 +35,10 @@ def create_category_pipeline(category: str) -> Pipeline:
         node(nodes.training_figure, ["training_history", "dataset"], "training_figure", name="plot_training"),
         node(nodes.extract_train_features, ["model", "dataset", "params:model", "params:training", "params:features"], "train_features", name="extract_features"),
         node(nodes.fit_density, ["train_features", "params:density"], "density", name="fit_density"),
+        node(nodes.calibrate_threshold, ["train_features", "params:density", "params:threshold"], "threshold", name="calibrate_threshold"),
+        node(nodes.package_detector, ["model", "density", "threshold", "dataset", "params:model", "params:training", "params:features"], "detector", name="package_detector"),
         node(nodes.score_test_images, ["model", "density", "dataset", "index", "params:model", "params:training", "params:features"], "scores", name="score_test_images"),
-        node(nodes.evaluate_detection, ["scores", "dataset"], ["metrics", "roc_figure", "score_histogram"], name="evaluate"),
+        node(nodes.evaluate_detection, ["scores", "threshold", "dataset"], ["metrics", "roc_figure", "score_histogram"], name="evaluate"),
     ])
     return pipeline(template, namespace=category, parameters={f"params:{name}" for name in SHARED_PARAMETERS})
 

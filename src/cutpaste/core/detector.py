@@ -1,0 +1,166 @@
+"""A trained detector as one object: network weights, GDE, decision threshold, preprocessing.
+
+The threshold is fitted from normal training images only: every training image is scored by a GDE
+fitted on the *other* folds (out-of-fold scores), and the threshold is a high quantile of those
+scores. No defect and no test image is looked at.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cutpaste.core.data import DatasetError, IMAGE_SUFFIXES, load_image, to_rgb_array
+from cutpaste.core.density import GaussianDensity
+from cutpaste.core.models import CutPasteNet
+from cutpaste.core.train import extract_features
+
+
+def out_of_fold_scores(features: np.ndarray, density: dict, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(N, D) normal features -> (N,) scores, each from a GDE fitted without that image's fold."""
+    count = len(features)
+    folds = max(2, min(folds, count // 2))
+    assignment = np.random.default_rng(seed).permutation(count) % folds
+    scores = np.empty(count, dtype=np.float64)
+    for fold in range(folds):
+        held_out = assignment == fold
+        scores[held_out] = GaussianDensity(**density).fit(features[~held_out]).score_samples(features[held_out])
+    return scores
+
+
+@dataclass
+class Threshold:
+    """Decision threshold on the anomaly score and the normal-score statistics used to normalise."""
+
+    value: float
+    quantile: float
+    normal_mean: float
+    normal_std: float
+    n_images: int
+    method: str = "out-of-fold GDE scores of the normal training images"
+
+
+def fit_threshold(features: np.ndarray, density: dict, quantile: float = 0.99, folds: int = 5, seed: int = 0) -> Threshold:
+    """Threshold = ``quantile`` of the out-of-fold scores of normal training features (N, D)."""
+    if not 0.5 <= quantile < 1:
+        raise ValueError(f"threshold quantile must be in [0.5, 1), got {quantile}")
+    scores = out_of_fold_scores(features, density, folds, seed)
+    return Threshold(float(np.quantile(scores, quantile)), quantile, float(scores.mean()), float(scores.std() or 1.0), len(scores))
+
+
+@dataclass
+class Detector:
+    """Everything needed to score a new image of one category.
+
+    ``score_arrays`` takes (N, S, S, 3) uint8 at the working size; ``score_files`` takes paths of any
+    size and format and reports unreadable files by name instead of stopping.
+    """
+
+    category: str
+    image_size: int
+    model_config: dict
+    state_dict: dict
+    density: GaussianDensity
+    threshold: Threshold
+    feature_batch_size: int = 64
+    precision: str = "auto"
+    device: str = "auto"
+    _network: CutPasteNet | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def network(self) -> CutPasteNet:
+        if self._network is None:
+            num_classes = int(self.state_dict["classifier.weight"].shape[0])
+            network = CutPasteNet(num_classes, tuple(self.model_config["head_dims"]), self.model_config["backbone"])
+            network.load_state_dict(self.state_dict)
+            self._network = network.eval()
+        return self._network
+
+    def score_arrays(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N,) anomaly scores."""
+        if len(images) == 0:
+            return np.zeros(0)
+        features = extract_features(self.network, images, self.feature_batch_size, self.device, self.precision)
+        return self.density.score_samples(features)
+
+    def decide(self, scores: np.ndarray) -> pd.DataFrame:
+        """score, normalized_score ((score - normal mean) / normal std) and decision per score."""
+        scores = np.asarray(scores, dtype=np.float64)
+        return pd.DataFrame({
+            "score": scores,
+            "normalized_score": (scores - self.threshold.normal_mean) / self.threshold.normal_std,
+            "decision": np.where(scores > self.threshold.value, "anomalous", "normal"),
+        })
+
+    def score_files(self, paths: list[str | Path], progress: bool = True) -> pd.DataFrame:
+        """Score image files; a file that cannot be read gets its error in the ``error`` column."""
+        loaded, errors = [], {}
+        iterator = paths
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(paths, desc=f"read {self.category}", unit="img")
+        for path in iterator:
+            try:
+                loaded.append((str(path), load_image(path, self.image_size)))
+            except DatasetError as error:
+                errors[str(path)] = str(error)
+        scores = self.score_arrays(np.stack([image for _, image in loaded])) if loaded else np.zeros(0)
+        table = self.decide(scores)
+        table.insert(0, "file", [path for path, _ in loaded])
+        table["error"] = ""
+        failed = pd.DataFrame({"file": list(errors), "error": list(errors.values())})
+        return pd.concat([table, failed], ignore_index=True) if len(failed) else table
+
+    def score_pil(self, images: list) -> pd.DataFrame:
+        """Score already-decoded PIL images (the served model's path)."""
+        arrays = np.stack([to_rgb_array(image, self.image_size) for image in images])
+        return self.decide(self.score_arrays(arrays))
+
+    # --- persistence: a folder with model.pt (state dict), density.npz and detector.json; no pickle
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict, folder / "model.pt")
+        np.savez(folder / "density.npz", **self.density.to_arrays())
+        meta = {
+            "category": self.category, "image_size": self.image_size, "model_config": self.model_config,
+            "density": self.density.settings(), "threshold": asdict(self.threshold),
+            "feature_batch_size": self.feature_batch_size, "precision": self.precision, "device": self.device,
+        }
+        (folder / "detector.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Detector:
+        folder = Path(folder)
+        meta = json.loads((folder / "detector.json").read_text())
+        state_dict = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        with np.load(folder / "density.npz") as arrays:
+            density = GaussianDensity.from_arrays(meta["density"], dict(arrays))
+        return cls(
+            category=meta["category"], image_size=meta["image_size"], model_config=meta["model_config"],
+            state_dict=state_dict, density=density, threshold=Threshold(**meta["threshold"]),
+            feature_batch_size=meta["feature_batch_size"], precision=meta["precision"], device=meta["device"],
+        )
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every file under ``folder`` (recursively), sorted; non-image suffixes included so that the
+    scoring table can report them by name.
+
+    Raises:
+        DatasetError: the folder does not exist or holds no file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: input folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DatasetError(f"{folder}: input folder holds no file (expected {', '.join(IMAGE_SUFFIXES)} images)")
+    return files

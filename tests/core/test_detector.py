@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cutpaste.core.data import DatasetError
+from cutpaste.core.density import GaussianDensity
+from cutpaste.core.detector import Detector, fit_threshold, list_images, out_of_fold_scores
+from cutpaste.core.models import CutPasteNet
+from cutpaste.core.train import extract_features
+
+DENSITY = {"shrinkage": "ledoit_wolf", "l2_normalize": False}
+
+
+def test_out_of_fold_scores_leave_each_fold_out():
+    features = np.random.default_rng(0).normal(size=(40, 6))
+    scores = out_of_fold_scores(features, DENSITY, folds=4, seed=1)
+    assignment = np.random.default_rng(1).permutation(40) % 4
+    held_out = assignment == 2
+    expected = GaussianDensity(**DENSITY).fit(features[~held_out]).score_samples(features[held_out])
+    np.testing.assert_allclose(scores[held_out], expected)
+
+
+def test_threshold_quantile_sets_the_false_positive_rate_on_new_normals():
+    rng = np.random.default_rng(0)
+    threshold = fit_threshold(rng.normal(size=(2000, 4)), DENSITY, quantile=0.9, folds=5)
+    fresh = GaussianDensity(**DENSITY).fit(rng.normal(size=(2000, 4))).score_samples(rng.normal(size=(5000, 4)))
+    assert (fresh > threshold.value).mean() == pytest.approx(0.1, abs=0.03)
+    assert threshold.n_images == 2000 and threshold.quantile == 0.9
+    with pytest.raises(ValueError, match="quantile"):
+        fit_threshold(rng.normal(size=(20, 4)), DENSITY, quantile=1.0)
+
+
+def _detector(image_size=32):
+    torch.manual_seed(0)
+    network = CutPasteNet(num_classes=3, head_dims=(16,)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (12, image_size, image_size, 3), dtype=np.uint8)
+    features = extract_features(network, images, 8, "cpu", "fp32")
+    detector = Detector(
+        category="widget", image_size=image_size, model_config={"backbone": "resnet18", "head_dims": [16]},
+        state_dict=network.state_dict(), density=GaussianDensity(**DENSITY).fit(features),
+        threshold=fit_threshold(features, DENSITY, 0.9, 3), feature_batch_size=8, precision="fp32", device="cpu",
+    )
+    return detector, images
+
+
+def test_save_load_round_trip_scores_identically(tmp_path):
+    detector, images = _detector()
+    loaded = Detector.load(detector.save(tmp_path / "det"))
+    np.testing.assert_array_equal(loaded.score_arrays(images), detector.score_arrays(images))
+    assert loaded.threshold == detector.threshold and loaded.category == "widget"
+    for key, value in detector.state_dict.items():
+        assert torch.equal(loaded.state_dict[key], value)
+
+
+def test_score_files_reports_bad_files_by_name_and_scores_the_rest(tmp_path):
+    detector, images = _detector()
+    folder = tmp_path / "new"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(images[0]).save(folder / "a.png")
+    Image.fromarray(images[1]).resize((50, 70)).convert("L").save(folder / "sub" / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "c.png").write_bytes(b"\x89PNG broken")
+    table = detector.score_files(list_images(folder), progress=False)
+    assert len(table) == 4
+    ok = table[table["error"] == ""]
+    assert sorted(p.rsplit("/", 1)[-1] for p in ok["file"]) == ["a.png", "b.jpg"]
+    assert set(ok["decision"]) <= {"anomalous", "normal"}
+    bad = table[table["error"] != ""]
+    assert all(name in " ".join(bad["error"]) for name in ("notes.txt", "c.png"))
+    assert bad["score"].isna().all()
+    expected = detector.score_arrays(images[:1])[0]
+    assert ok.loc[ok["file"].str.endswith("a.png"), "score"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_decisions_follow_the_threshold():
+    detector, _ = _detector()
+    value = detector.threshold.value
+    table = detector.decide(np.array([value * 0.5, value * 2]))
+    assert table["decision"].tolist() == ["normal", "anomalous"]
+
+
+def test_empty_or_missing_input_folder(tmp_path):
+    with pytest.raises(DatasetError, match="holds no file"):
+        list_images(tmp_path)
+    with pytest.raises(DatasetError, match="input folder not found"):
+        list_images(tmp_path / "nope")

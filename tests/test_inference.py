@@ -1,0 +1,125 @@
+"""Inference on new images: the Kedro pipeline, the MLflow pyfunc model, and the served model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import run_kedro
+from cutpaste.core.detector import Detector, list_images
+from cutpaste.serving import encode_image_file, save_pyfunc
+from test_viz import _free_port
+
+pytestmark = pytest.mark.slow
+
+
+def test_inference_pipeline_reproduces_evaluation_scores(trained_project, tmp_path):
+    test_dir = Path("data/01_raw/demo/brick/test")
+    run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(test_dir), "categories": ["brick"]}, pipeline_names=["inference"])
+    inferred = pd.read_csv(trained_project / "data/07_model_output/inference/brick/scores.csv", keep_default_na=False)
+    evaluated = pd.read_csv(trained_project / "data/07_model_output/brick/scores.csv")
+    assert list(inferred.columns) == ["file", "score", "normalized_score", "decision", "error"]
+    assert (inferred["error"] == "").all() and len(inferred) == len(evaluated) == 14
+    merged = evaluated.merge(inferred, left_on="path", right_on="file", validate="one_to_one")
+    assert len(merged) == 14
+    assert (merged["score_x"] == merged["score_y"]).all()  # bit-identical to the evaluation pipeline
+    threshold = json.loads((trained_project / "data/06_models/brick/threshold.json").read_text())["value"]
+    assert ((merged["score_y"] > threshold) == (merged["decision"] == "anomalous")).all()
+
+
+def test_inference_pipeline_reports_bad_files_and_empty_folders(trained_project, tmp_path):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    source = next((trained_project / "data/01_raw/demo/brick/test/good").glob("*.png"))
+    (folder / "ok.png").write_bytes(source.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(folder), "categories": ["brick"]}, pipeline_names=["inference"])
+    table = pd.read_csv(trained_project / "data/07_model_output/inference/brick/scores.csv", keep_default_na=False)
+    assert len(table) == 2
+    assert table.loc[table["file"].str.endswith("ok.png"), "error"].item() == ""
+    assert "broken.png: unreadable or corrupt image" in table.loc[table["file"].str.endswith("broken.png"), "error"].item()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="holds no file"):
+        run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(empty), "categories": ["brick"]}, pipeline_names=["inference"])
+
+
+def test_logged_pyfunc_model_loads_and_scores_like_the_detector(trained_project):
+    client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cutpaste")
+    child = client.search_runs([experiment.experiment_id], filter_string="tags.category = 'gravel'")[0]
+    mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
+    os.chdir(trained_project)  # the run's artifacts live under ./mlruns of the project
+    try:
+        model = mlflow.pyfunc.load_model(child.data.tags["detector_model_uri"])
+    finally:
+        os.chdir(Path(__file__).resolve().parents[1])
+    files = list_images(trained_project / "data/01_raw/demo/gravel/test")[:5]
+    request = pd.DataFrame({"name": [f.name for f in files], "image": [encode_image_file(f) for f in files]})
+    served = model.predict(request)
+    expected = Detector.load(trained_project / "data/06_models/gravel/detector").score_files(files, progress=False)
+    assert served["name"].tolist() == [f.name for f in files]
+    pd.testing.assert_series_equal(served["score"], expected["score"], check_names=False, rtol=1e-6)
+    assert served["decision"].tolist() == expected["decision"].tolist()
+
+
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read().decode() or "{}")
+
+
+def test_served_model_answers_and_survives_a_bad_image(trained_project, tmp_path):
+    model_dir = tmp_path / "pyfunc"
+    save_pyfunc(trained_project / "data/06_models/brick/detector", model_dir)
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    process = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
+                    break
+            except OSError:
+                time.sleep(1)
+        assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
+        files = list_images(trained_project / "data/01_raw/demo/brick/test")[:4]
+        records = [{"name": f.name, "image": encode_image_file(f)} for f in files]
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records})
+        assert status == 200, answer
+        predictions = pd.DataFrame(answer["predictions"])
+        expected = Detector.load(trained_project / "data/06_models/brick/detector").score_files(files, progress=False)
+        pd.testing.assert_series_equal(predictions["score"], expected["score"], check_names=False, rtol=1e-6)
+        assert predictions["decision"].tolist() == expected["decision"].tolist()
+
+        status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"name": "scan-17.png", "image": "bm90IGFuIGltYWdl"}]})
+        assert status == 400 and "scan-17.png: not a readable image" in answer["message"]
+
+        status, _ = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records[:1]})
+        assert status == 200  # still serving
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
