@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,12 +9,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import servers
+from conftest import run_kedro
 from mlflow import MlflowClient
 
-from conftest import run_kedro
 from cutpaste.core.detector import Detector, list_images
 from cutpaste.serving import encode_image_file, save_pyfunc
-from test_viz import _free_port
 
 pytestmark = pytest.mark.slow
 
@@ -86,22 +82,10 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 def test_served_model_answers_and_survives_a_bad_image(trained_project, tmp_path):
     model_dir = tmp_path / "pyfunc"
     save_pyfunc(trained_project / "data/06_models/brick/detector", model_dir)
-    port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    process = subprocess.Popen(
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-    )
+    port = servers.free_port()
+    process = servers.start([str(servers.BIN_DIR / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
-                    break
-            except OSError:
-                time.sleep(1)
-        assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
+        servers.wait_for(process, f"http://127.0.0.1:{port}/ping")
         files = list_images(trained_project / "data/01_raw/demo/brick/test")[:4]
         records = [{"name": f.name, "image": encode_image_file(f)} for f in files]
         status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records})
@@ -117,9 +101,4 @@ def test_served_model_answers_and_survives_a_bad_image(trained_project, tmp_path
         status, _ = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records[:1]})
         assert status == 200  # still serving
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        servers.stop(process)

@@ -12,20 +12,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-_current: dict[str, Any] | None = None
+_recorded: dict[str, dict[str, Any]] = {}
 
 
 def set_params(params: dict[str, Any]) -> bool:
     """Record the run's parameters; True when they differ from what was recorded before."""
-    global _current
-    changed = _current is not None and _current != params
-    _current = dict(params)
+    changed = "current" in _recorded and _recorded["current"] != params
+    _recorded["current"] = dict(params)
     return changed
 
 
 def get_params() -> dict[str, Any]:
-    if _current is not None:
-        return _current
+    if "current" in _recorded:
+        return _recorded["current"]
     from kedro.config import OmegaConfigLoader
 
     conf_source = Path(os.environ.get("CUTPASTE_PROJECT_PATH", Path.cwd())) / "conf"

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torchvision.transforms.v2.functional as F
+from oracle import cutpaste_reference, jitter_patch, scar_reference
 
 from cutpaste.core.augment import (
     CutPaste,
@@ -14,7 +15,6 @@ from cutpaste.core.augment import (
     rgb_to_hsv,
     sample_jitter,
 )
-from oracle import cutpaste_reference, jitter_patch, scar_reference
 
 
 def _images(batch=6, size=48, seed=0):

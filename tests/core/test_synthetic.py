@@ -5,7 +5,14 @@ import pytest
 from PIL import Image
 
 from cutpaste.core.data import load_category
-from cutpaste.core.synthetic import FILLS, SHAPES, ensure_demo_category, generate_demo_category, paste_synthetic_anomaly, shape_mask
+from cutpaste.core.synthetic import (
+    FILLS,
+    SHAPES,
+    ensure_demo_category,
+    generate_demo_category,
+    paste_synthetic_anomaly,
+    shape_mask,
+)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

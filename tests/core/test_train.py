@@ -4,7 +4,14 @@ import torch
 
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.models import CutPasteNet
-from cutpaste.core.train import TrainConfig, Trainer, extract_features, resolve_device, resolve_memory_format, resolve_precision
+from cutpaste.core.train import (
+    TrainConfig,
+    Trainer,
+    extract_features,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 
 
 def _images(n=8, size=32):

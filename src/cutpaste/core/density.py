@@ -72,9 +72,8 @@ class GaussianDensity:
         precision = torch.as_tensor(self.precision_, dtype=torch.float32, device=features.device)
         out = []
         for chunk in features.float().split(chunk_size):
-            if self.l2_normalize:
-                chunk = torch.nn.functional.normalize(chunk, dim=-1)
-            centered = chunk - mean
+            prepared = torch.nn.functional.normalize(chunk, dim=-1) if self.l2_normalize else chunk
+            centered = prepared - mean
             out.append(((centered @ precision) * centered).sum(-1))
         return torch.cat(out) if out else features.new_zeros(0)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cutpaste.core.data import DatasetError, IMAGE_SUFFIXES, load_image, to_rgb_array
+from cutpaste.core.data import IMAGE_SUFFIXES, DatasetError, load_image, to_rgb_array
 from cutpaste.core.density import GaussianDensity
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import extract_features

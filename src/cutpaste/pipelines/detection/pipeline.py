@@ -6,7 +6,7 @@ image AUROC and figures. Every artifact is a catalog dataset (see ``conf/base/ca
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from kedro.pipeline import Pipeline, node, pipeline
 

@@ -1,0 +1,56 @@
+"""Starting and stopping the servers that tests talk to (kedro viz, mlflow models serve)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN_DIR = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A free port below 49152 (kedro viz refuses the ephemeral range)."""
+    for port in random.Random().sample(range(20000, 49000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def start(command: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    """Start a server in its own process group, with this interpreter's bin folder on PATH."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(process: subprocess.Popen, url: str, timeout: float = 180) -> bytes:
+    """GET ``url`` until it answers; fails with the server's output if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except OSError:
+            time.sleep(1)
+    output = process.stdout.read().decode(errors="replace")[-3000:] if process.poll() is not None else "(still running)"
+    raise AssertionError(f"{url} did not answer within {timeout} s: {output}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server's whole process group (workers included)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
