@@ -30,42 +30,59 @@ def category_group(category: str) -> str:
     return "other"
 
 
+METRIC_COLUMNS = {  # metrics key -> table column, all in %
+    "image_auroc": "image_auroc",
+    "fpr_normal_test_at_threshold": "threshold_fpr_normal_test",
+    "tpr_defective_test_at_threshold": "threshold_tpr_defective_test",
+    "f1_max_test_oracle": "f1_max_test_oracle",
+}
+
+
+def _mean_row(label: str, group: str, part: pd.DataFrame, paper: float) -> dict:
+    row = {"category": label, "group": group, "n_test": int(part["n_test"].sum()), "paper_image_auroc": paper}
+    row.update({column: round(part[column].mean(), 1) for column in METRIC_COLUMNS.values()})
+    return row
+
+
 def detection_table(metrics: dict[str, dict]) -> pd.DataFrame:
-    """Image AUROC per category (%) with the paper's 3-way value where the category is in MVTec AD.
+    """Image-level results per category and their means, in %.
+
+    Columns: category, group (texture / object / other), n_test, image_auroc, paper_image_auroc
+    (Table 1, 3-way, where the category is in MVTec AD), threshold_fpr_normal_test and
+    threshold_tpr_defective_test (the threshold fitted on normal training images, applied to the
+    test set), f1_max_test_oracle (best F1 over thresholds chosen *on the test set*: a reference,
+    not a deployable number). A paper mean is shown only when its whole group is present.
 
     Args:
-        metrics: category -> {"image_auroc": float in [0, 1], ...}.
-    Returns:
-        Rows per category, then "mean" rows (per group present, and all); columns category, group,
-        n_test, image_auroc, paper_image_auroc.
+        metrics: category -> the evaluation node's metrics (fractions in [0, 1]).
     """
-    rows = [
-        {
-            "category": category, "group": category_group(category),
-            "n_test": values.get("n_test"),
-            "image_auroc": round(100 * values["image_auroc"], 1),
-            "paper_image_auroc": PAPER_IMAGE_AUROC_3WAY.get(category, np.nan),
-        }
-        for category, values in sorted(metrics.items())
-    ]
-    table = pd.DataFrame(rows, columns=["category", "group", "n_test", "image_auroc", "paper_image_auroc"])
+    rows = []
+    for category, values in sorted(metrics.items()):
+        row = {"category": category, "group": category_group(category), "n_test": values.get("n_test"),
+               "paper_image_auroc": PAPER_IMAGE_AUROC_3WAY.get(category, np.nan)}
+        row.update({column: round(100 * values[key], 1) if key in values else np.nan for key, column in METRIC_COLUMNS.items()})
+        rows.append(row)
+    columns = ["category", "group", "n_test", "image_auroc", "paper_image_auroc", *list(METRIC_COLUMNS.values())[1:]]
+    table = pd.DataFrame(rows)[columns]
     means = []
-    groups = [g for g in ("texture", "object") if (table["group"] == g).any()]
-    for group in groups if len(groups) > 1 or (table["group"] == "other").any() else []:
-        part = table[table["group"] == group]
-        means.append({"category": f"mean ({group})", "group": group, "n_test": part["n_test"].sum(),
-                      "image_auroc": round(part["image_auroc"].mean(), 1),
-                      "paper_image_auroc": PAPER_IMAGE_AUROC_3WAY_MEAN[group] if len(part) == len(TEXTURES if group == "texture" else OBJECTS) else np.nan})
+    groups_present = set(table["group"])
+    if len(groups_present) > 1:
+        for group, members in (("texture", TEXTURES), ("object", OBJECTS)):
+            part = table[table["group"] == group]
+            if len(part):
+                complete = set(part["category"]) == set(members)
+                means.append(_mean_row(f"mean ({group})", group, part, PAPER_IMAGE_AUROC_3WAY_MEAN[group] if complete else np.nan))
     all_paper = PAPER_IMAGE_AUROC_3WAY_MEAN["all"] if set(table["category"]) == set(PAPER_IMAGE_AUROC_3WAY) else np.nan
-    means.append({"category": "mean", "group": "all", "n_test": table["n_test"].sum(),
-                  "image_auroc": round(table["image_auroc"].mean(), 1), "paper_image_auroc": all_paper})
-    return pd.concat([table, pd.DataFrame(means)], ignore_index=True)
+    means.append(_mean_row("mean", "all", table, all_paper))
+    return pd.concat([table, pd.DataFrame(means)[columns]], ignore_index=True)
 
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     """A Markdown section: title, the table, and a note on the units."""
-    body = table.to_markdown(index=False, floatfmt=".1f")
-    return f"## {title}\n\n{body}\n\nAUROC in %. Paper: Li et al., CVPR 2021, 3-way, ResNet-18 from scratch, mean of 5 seeds.\n"
+    body = table.to_markdown(index=False, floatfmt=".1f", missingval="-")
+    return (f"## {title}\n\n{body}\n\nAll values in %. Paper: Li et al., CVPR 2021, Table 1, 3-way, ResNet-18 from scratch, "
+            "mean of 5 seeds. threshold_*: the decision threshold fitted on normal training images only; "
+            "f1_max_test_oracle: threshold chosen on the test set, for reference only.\n")
 
 
 def roc_figure(labels: np.ndarray, scores: np.ndarray, title: str) -> plt.Figure:

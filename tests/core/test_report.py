@@ -1,0 +1,33 @@
+import numpy as np
+import pytest
+
+from cutpaste.core.report import OBJECTS, PAPER_IMAGE_AUROC_3WAY, TEXTURES, detection_table, to_markdown
+
+
+def _metrics(auroc):
+    return {"image_auroc": auroc, "n_test": 10, "fpr_normal_test_at_threshold": 0.1,
+            "tpr_defective_test_at_threshold": 0.5, "f1_max_test_oracle": 0.8}
+
+
+def test_demo_categories_have_no_paper_value_and_one_mean_row():
+    table = detection_table({"brick": _metrics(0.9), "grass": _metrics(0.7)})
+    assert table["category"].tolist() == ["brick", "grass", "mean"]
+    assert table["image_auroc"].tolist() == [90.0, 70.0, 80.0]
+    assert table["paper_image_auroc"].isna().all()
+    assert table.loc[2, "n_test"] == 20 and table.loc[2, "threshold_fpr_normal_test"] == pytest.approx(10.0)
+
+
+def test_full_mvtec_gets_paper_means():
+    metrics = {name: _metrics(0.95) for name in (*TEXTURES, *OBJECTS)}
+    table = detection_table(metrics).set_index("category")
+    assert table.loc["bottle", "paper_image_auroc"] == PAPER_IMAGE_AUROC_3WAY["bottle"]
+    assert table.loc["mean (texture)", "paper_image_auroc"] == 97.0
+    assert table.loc["mean (object)", "paper_image_auroc"] == 94.3
+    assert table.loc["mean", "paper_image_auroc"] == 95.2
+
+
+def test_partial_group_has_no_paper_mean():
+    table = detection_table({"bottle": _metrics(0.9), "carpet": _metrics(0.8)}).set_index("category")
+    assert np.isnan(table.loc["mean (object)", "paper_image_auroc"]) and np.isnan(table.loc["mean", "paper_image_auroc"])
+    assert table.loc["carpet", "paper_image_auroc"] == 93.1
+    assert "| carpet" in to_markdown(table.reset_index(), "t")
