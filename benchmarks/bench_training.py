@@ -40,14 +40,19 @@ def _time(step, repeats: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def plain_step_seconds(size: int, batch: int, repeats: int) -> float:
+def plain_step_seconds(size: int, batch: int, repeats: int, fast: bool = False) -> float:
+    """A bare torchvision ResNet-18 step; ``fast``: bf16 autocast + channels_last (no augmentation, no head)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=3e-5)
     images, labels = torch.rand(batch, 3, size, size), torch.randint(0, 3, (batch,))
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+            loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -95,6 +100,9 @@ def main() -> None:
     print(f"(a) project 3-way step incl. augmentation ({trainer.device.type}, {trainer.dtype or 'fp32'}, "
           f"{'channels_last' if trainer.memory_format == torch.channels_last else 'contiguous'}): {args.batch / project:7.1f} img/s")
     print(f"ratio (a)/(b) = {plain / project:.2f}  (goal >= 3.0)")
+    bare_fast = plain_step_seconds(args.size, args.batch, args.steps, fast=True)
+    print(f"(c) bare ResNet-18 step, bf16 autocast + channels_last: {args.batch / bare_fast:7.1f} img/s; "
+          f"(c)/(b) = {plain / bare_fast:.2f}: the ceiling of the precision/format change here; (a)/(c) = {bare_fast / project:.2f}")
 
     task = CutPaste3Way()
     base = torch.rand(args.batch // 3, 3, args.size, args.size)

@@ -142,7 +142,7 @@ class MlflowTrackingHook:
 
         if isinstance(value, Detector):
             self._log_detector(run_id, value)
-        elif name == "metrics" and isinstance(value, dict):
+        elif name.endswith("metrics") and isinstance(value, dict):
             for key, metric in value.items():
                 if isinstance(metric, (int, float)):
                     self.client.log_metric(run_id, key, float(metric))

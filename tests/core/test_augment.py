@@ -95,7 +95,7 @@ def test_scar_geometry_in_range_and_pixels_come_from_source():
     assert params.width.min() >= 2 and params.width.max() <= 16
     assert params.height.min() >= 10 and params.height.max() <= 25
     assert params.angle_deg.abs().max() <= 45
-    inside, source_y, source_x = augmentation.target_geometry(params, 256, 256)
+    inside, patch_y, patch_x = augmentation.target_geometry(params, 256, 256)
     area = inside.sum((1, 2)).float()
     expected = (params.width * params.height).float()
     assert torch.all((area - expected).abs() <= 0.25 * expected + 4)  # pixel discretisation of a rotated box
@@ -103,9 +103,11 @@ def test_scar_geometry_in_range_and_pixels_come_from_source():
     changed = (out != images).any(1)
     assert torch.all(changed <= inside)
     for index in range(8):
-        ys, xs = source_y[index][inside[index]], source_x[index][inside[index]]
-        assert ys.min() >= params.source_top[index] and ys.max() < params.source_top[index] + params.height[index]
-        assert xs.min() >= params.source_left[index] and xs.max() < params.source_left[index] + params.width[index]
+        ys, xs = patch_y[index][inside[index]], patch_x[index][inside[index]]
+        assert ys.min() >= 0 and ys.max() < params.height[index]
+        assert xs.min() >= 0 and xs.max() < params.width[index]
+        source = images[index, :, params.source_top[index] + ys, params.source_left[index] + xs]
+        assert torch.equal(out[index][:, inside[index]], source)  # every scar pixel is a source-patch pixel
 
 
 def test_scar_scales_with_working_size():
@@ -172,3 +174,17 @@ def test_contrast_of_patch_uses_the_patch_mean():
     expected = cutpaste_reference(images, params)
     assert torch.allclose(CutPaste(jitter=0.3).apply(images, params), expected, atol=1e-5)
     assert F.adjust_contrast is not None
+
+
+def test_random_crop_takes_a_window_of_each_image():
+    from cutpaste.core.augment import random_crop
+
+    images = _images(batch=4, size=32)
+    crops = random_crop(images, 12, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 3, 12, 12)
+    for index in range(4):
+        assert any(torch.equal(crops[index], images[index, :, y : y + 12, x : x + 12]) for y in range(21) for x in range(21))
+    with pytest.raises(ValueError, match="does not fit"):
+        random_crop(images, 40, None)
+    cropped = Preprocess(max_translation=0.0, jitter=0.0, crop_size=16)(images, torch.Generator().manual_seed(0))
+    assert cropped.shape == (4, 3, 16, 16)

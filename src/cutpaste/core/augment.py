@@ -58,24 +58,13 @@ def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
+    """Inverse of :func:`rgb_to_hsv`: channel n in (R 5, G 3, B 1) is v - v s clamp(min(k, 4 - k), 0, 1)
+    with k = (n + 6 h) mod 6, the sector formula of torchvision without its (B, 3, 6, H, W) table."""
     hue, saturation, value = images.unbind(1)
-    sector = torch.floor(hue * 6.0)
-    fraction = hue * 6.0 - sector
-    sector = sector.to(torch.int64) % 6
-    p = (value * (1.0 - saturation)).clamp(0.0, 1.0)
-    q = (value * (1.0 - saturation * fraction)).clamp(0.0, 1.0)
-    t = (value * (1.0 - saturation * (1.0 - fraction))).clamp(0.0, 1.0)
-    table = torch.stack(
-        (
-            torch.stack((value, q, p, p, t, value), 1),
-            torch.stack((t, value, value, q, p, p), 1),
-            torch.stack((p, p, t, value, value, q), 1),
-        ),
-        1,
-    )  # (B, 3 channels, 6 sectors, H, W)
-    index = sector.unsqueeze(1).unsqueeze(1).expand(-1, 3, 1, -1, -1)
-    return table.gather(2, index).squeeze(2)
+    offsets = torch.tensor((5.0, 3.0, 1.0), device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + 6.0 * hue.unsqueeze(1), 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return (value.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)).clamp(0.0, 1.0)
 
 
 @dataclass
@@ -165,13 +154,6 @@ def random_translate(images: torch.Tensor, max_shift: float, generator: torch.Ge
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _gather_pixels(images: torch.Tensor, source_y: torch.Tensor, source_x: torch.Tensor) -> torch.Tensor:
-    """out[b, c, y, x] = images[b, c, source_y[b, y, x], source_x[b, y, x]]."""
-    batch, channels, height, width = images.shape
-    flat_index = (source_y * width + source_x).view(batch, 1, -1).expand(-1, channels, -1)
-    return images.reshape(batch, channels, -1).gather(2, flat_index).view(batch, channels, height, width)
-
-
 def _box_mask(top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, 1, H, W) float {0, 1} of the boxes."""
     device = top.device
@@ -182,6 +164,33 @@ def _box_mask(top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w:
         & (xs >= left.view(-1, 1, 1)) & (xs < (left + box_w).view(-1, 1, 1))
     )
     return inside.unsqueeze(1).float()
+
+
+def _crop_boxes(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather every image's box into one (B, C, max h, max w) buffer, top-left aligned, and the
+    (B, 1, max h, max w) float mask of the pixels that belong to each box. Colour-jittering this
+    buffer instead of whole images is what keeps the batched augmentation cheap."""
+    _, _, height, width = images.shape
+    device = images.device
+    rows = torch.arange(int(box_h.max()), device=device)
+    cols = torch.arange(int(box_w.max()), device=device)
+    source_y = (top.view(-1, 1, 1) + rows.view(1, -1, 1)).clamp(max=height - 1).expand(-1, -1, len(cols))
+    source_x = (left.view(-1, 1, 1) + cols.view(1, 1, -1)).clamp(max=width - 1).expand(-1, len(rows), -1)
+    batch, channels = images.shape[:2]
+    flat_index = (source_y * width + source_x).reshape(batch, 1, -1).expand(-1, channels, -1)
+    buffer = images.reshape(batch, channels, -1).gather(2, flat_index).view(batch, channels, len(rows), len(cols))
+    valid = (rows.view(1, -1, 1) < box_h.view(-1, 1, 1)) & (cols.view(1, 1, -1) < box_w.view(-1, 1, 1))
+    return buffer, valid.unsqueeze(1).float()
+
+
+def _paste_from_buffer(images: torch.Tensor, buffer: torch.Tensor, inside: torch.Tensor, buffer_y: torch.Tensor, buffer_x: torch.Tensor) -> torch.Tensor:
+    """out[b, :, y, x] = buffer[b, :, buffer_y, buffer_x] where ``inside`` (B, H, W), else images."""
+    batch, channels, height, width = images.shape
+    buffer_w = buffer.shape[-1]
+    flat_index = (buffer_y.clamp(0, buffer.shape[-2] - 1) * buffer_w + buffer_x.clamp(0, buffer_w - 1))
+    flat_index = flat_index.reshape(batch, 1, -1).expand(-1, channels, -1)
+    pasted = buffer.reshape(batch, channels, -1).gather(2, flat_index).view(batch, channels, height, width)
+    return torch.where(inside.unsqueeze(1), pasted, images)
 
 
 def _randint_below(high: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -264,15 +273,14 @@ class CutPaste:
 
     def apply(self, images: torch.Tensor, params: PatchParams) -> torch.Tensor:
         _, _, height, width = images.shape
-        source_region = _box_mask(params.source_top, params.source_left, params.height, params.width, height, width)
-        jittered = color_jitter(images, params.jitter, region=source_region)
-        target = _box_mask(params.target_top, params.target_left, params.height, params.width, height, width)
+        patch, valid = _crop_boxes(images, params.source_top, params.source_left, params.height, params.width)
+        patch = color_jitter(patch, params.jitter, region=valid)
+        inside = _box_mask(params.target_top, params.target_left, params.height, params.width, height, width)[:, 0].bool()
         ys = torch.arange(height, device=images.device).view(1, -1, 1)
         xs = torch.arange(width, device=images.device).view(1, 1, -1)
-        source_y = (ys - params.target_top.view(-1, 1, 1) + params.source_top.view(-1, 1, 1)).clamp(0, height - 1)
-        source_x = (xs - params.target_left.view(-1, 1, 1) + params.source_left.view(-1, 1, 1)).clamp(0, width - 1)
-        pasted = _gather_pixels(jittered, source_y, source_x)
-        return torch.where(target.bool(), pasted, images)
+        buffer_y = (ys - params.target_top.view(-1, 1, 1)).expand(-1, -1, width)
+        buffer_x = (xs - params.target_left.view(-1, 1, 1)).expand(-1, height, -1)
+        return _paste_from_buffer(images, patch, inside, buffer_y, buffer_x)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, self.sample(images, generator))
@@ -324,7 +332,8 @@ class CutPasteScar:
 
     @staticmethod
     def target_geometry(params: PatchParams, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inside (B, H, W) bool, source_y, source_x (B, H, W) int64) of the rotated paste.
+        """(inside (B, H, W) bool, patch_y, patch_x (B, H, W) int64) of the rotated paste: which
+        target pixels the scar covers and which pixel of the (unrotated) h x w patch each shows.
 
         Target pixel centres are rotated back by -angle about the centre of the rotated bounding
         box; a pixel is inside the scar where it lands within the unrotated w x h box.
@@ -343,17 +352,16 @@ class CutPasteScar:
         u = cos * dx + sin * dy  # along the scar's width
         v = -sin * dx + cos * dy  # along its length
         inside = (u.abs() < scar_w / 2) & (v.abs() < scar_h / 2)
-        source_y = (params.source_top.view(-1, 1, 1) + torch.floor(v + scar_h / 2).long()).clamp(0, height - 1)
-        source_x = (params.source_left.view(-1, 1, 1) + torch.floor(u + scar_w / 2).long()).clamp(0, width - 1)
-        return inside, source_y, source_x
+        patch_y = torch.floor(v + scar_h / 2).long()
+        patch_x = torch.floor(u + scar_w / 2).long()
+        return inside, patch_y, patch_x
 
     def apply(self, images: torch.Tensor, params: PatchParams) -> torch.Tensor:
         _, _, height, width = images.shape
-        source_region = _box_mask(params.source_top, params.source_left, params.height, params.width, height, width)
-        jittered = color_jitter(images, params.jitter, region=source_region)
-        inside, source_y, source_x = self.target_geometry(params, height, width)
-        pasted = _gather_pixels(jittered, source_y, source_x)
-        return torch.where(inside.unsqueeze(1), pasted, images)
+        patch, valid = _crop_boxes(images, params.source_top, params.source_left, params.height, params.width)
+        patch = color_jitter(patch, params.jitter, region=valid)
+        inside, patch_y, patch_x = self.target_geometry(params, height, width)
+        return _paste_from_buffer(images, patch, inside, patch_y, patch_x)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, self.sample(images, generator))
@@ -405,15 +413,32 @@ class CutPaste3Way(ProxyTask):
         super().__init__([None, cutpaste or CutPaste(), scar or CutPasteScar()])
 
 
+def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A random size x size crop of every image (its own position each): (B, C, H, W) -> (B, C, size, size)."""
+    batch, _, height, width = images.shape
+    if size > min(height, width):
+        raise ValueError(f"crop of {size} px does not fit images of {height}x{width} px")
+    top = torch.randint(0, height - size + 1, (batch,), generator=generator, device=images.device)
+    left = torch.randint(0, width - size + 1, (batch,), generator=generator, device=images.device)
+    rows = top[:, None] + torch.arange(size, device=images.device)
+    cols = left[:, None] + torch.arange(size, device=images.device)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
 class Preprocess:
     """The ordinary augmentations applied to every view before the proxy task: random translation
-    (reflect padding) and whole-image colour jitter."""
+    (reflect padding) and whole-image colour jitter; with ``crop_size``, a random crop first (the
+    patch-level model of the paper: crop 64 x 64 of the 256 x 256 image, then CutPaste inside it)."""
 
-    def __init__(self, max_translation: float = 0.1, jitter: float = 0.1) -> None:
+    def __init__(self, max_translation: float = 0.1, jitter: float = 0.1, crop_size: int | None = None) -> None:
         self.max_translation = max_translation
         self.jitter = jitter
+        self.crop_size = crop_size
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.crop_size:
+            images = random_crop(images, self.crop_size, generator)
         images = random_translate(images, self.max_translation, generator)
         if self.jitter > 0:
             images = color_jitter(images, sample_jitter(images.shape[0], self.jitter, generator, images.device))

@@ -77,12 +77,15 @@ def detection_table(metrics: dict[str, dict]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame(means)[columns]], ignore_index=True)
 
 
-def to_markdown(table: pd.DataFrame, title: str) -> str:
-    """A Markdown section: title, the table, and a note on the units."""
+DETECTION_NOTE = ("All values in %. Paper: Li et al., CVPR 2021, Table 1, 3-way, ResNet-18 from scratch, mean of 5 seeds. "
+                  "threshold_*: the decision threshold fitted on normal training images only; "
+                  "f1_max_test_oracle: threshold chosen on the test set, for reference only.")
+
+
+def to_markdown(table: pd.DataFrame, title: str, note: str = DETECTION_NOTE) -> str:
+    """A Markdown section: title, the table, and a note on units and sources."""
     body = table.to_markdown(index=False, floatfmt=".1f", missingval="-")
-    return (f"## {title}\n\n{body}\n\nAll values in %. Paper: Li et al., CVPR 2021, Table 1, 3-way, ResNet-18 from scratch, "
-            "mean of 5 seeds. threshold_*: the decision threshold fitted on normal training images only; "
-            "f1_max_test_oracle: threshold chosen on the test set, for reference only.\n")
+    return f"## {title}\n\n{body}\n\n{note}\n"
 
 
 def roc_figure(labels: np.ndarray, scores: np.ndarray, title: str) -> plt.Figure:
@@ -120,5 +123,71 @@ def loss_figure(history: pd.DataFrame, title: str) -> plt.Figure:
     twin = axis.twinx()
     twin.plot(history["step"], history["accuracy"].rolling(window, min_periods=1).mean(), color="tab:orange", label="accuracy")
     twin.set(ylabel="proxy accuracy", ylim=(0, 1.02))
+    figure.tight_layout()
+    return figure
+
+
+# Li et al., CVPR 2021, Table 2: pixel AUROC (%) of the patch-level 3-way model.
+PAPER_PIXEL_AUROC = {
+    "carpet": 98.3, "grid": 97.5, "leather": 99.5, "tile": 90.5, "wood": 95.5,
+    "bottle": 97.6, "cable": 90.0, "capsule": 97.4, "hazelnut": 97.3, "metal_nut": 93.1,
+    "pill": 95.7, "screw": 96.7, "toothbrush": 98.1, "transistor": 93.0, "zipper": 99.3,
+}
+PAPER_PIXEL_AUROC_MEAN = {"texture": 96.3, "object": 95.8, "all": 96.0}
+PAPER_GRADCAM_PIXEL_AUROC_MEAN = 88.3
+LOCALIZATION_NOTE = ("All values in %. Paper: Li et al., CVPR 2021, Table 2, patch-level 3-way model "
+                     f"(their GradCAM on the image-level model: {PAPER_GRADCAM_PIXEL_AUROC_MEAN} mean pixel AUROC). "
+                     "aupro_0.3: per-region overlap integrated up to FPR 0.3, normalised.")
+LOCALIZATION_COLUMNS = {
+    "pixel_auroc": "pixel_auroc", "aupro": "aupro_0.3", "image_auroc_from_map": "image_auroc_from_map",
+    "gradcam_pixel_auroc": "gradcam_pixel_auroc",
+}
+
+
+def localization_table(metrics: dict[str, dict]) -> pd.DataFrame:
+    """The paper's Table 2 with our columns: per category and mean, in %."""
+    rows = []
+    for category, values in sorted(metrics.items()):
+        row = {"category": category, "group": category_group(category), "density": values.get("density"),
+               "paper_pixel_auroc": PAPER_PIXEL_AUROC.get(category, np.nan)}
+        row.update({column: round(100 * values[key], 1) if key in values else np.nan for key, column in LOCALIZATION_COLUMNS.items()})
+        rows.append(row)
+    columns = ["category", "group", "density", "pixel_auroc", "paper_pixel_auroc", "aupro_0.3", "image_auroc_from_map", "gradcam_pixel_auroc"]
+    table = pd.DataFrame(rows)[columns]
+    complete = set(table["category"]) == set(PAPER_PIXEL_AUROC)
+    mean = {"category": "mean", "group": "all", "density": "", "paper_pixel_auroc": PAPER_PIXEL_AUROC_MEAN["all"] if complete else np.nan}
+    mean.update({column: round(table[column].mean(), 1) for column in LOCALIZATION_COLUMNS.values()})
+    return pd.concat([table, pd.DataFrame([mean])[columns]], ignore_index=True)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return mask.astype(bool) & ~ndimage.binary_erosion(mask.astype(bool))
+
+
+def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.ndarray, gradcam_maps: np.ndarray | None, names: list[str], title: str) -> plt.Figure:
+    """The paper's Figure 4: per image, input / ground-truth outline / GradCAM / patch-model heatmap.
+
+    Args:
+        images: (K, S, S, 3) uint8; masks (K, S, S); patch_maps and gradcam_maps (K, S, S).
+    """
+    columns = 4 if gradcam_maps is not None else 3
+    figure, axes = plt.subplots(len(images), columns, figsize=(2.4 * columns, 2.4 * len(images)), squeeze=False)
+    for row, image in enumerate(images):
+        overlay = image.copy()
+        overlay[_outline(masks[row])] = (255, 0, 0)
+        panels = [(image, None, names[row]), (overlay, None, "ground truth")]
+        if gradcam_maps is not None:
+            panels.append((image, gradcam_maps[row], "GradCAM (image model)"))
+        panels.append((image, patch_maps[row], "patch model"))
+        for column, (picture, heat, label) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(picture)
+            if heat is not None:
+                axis.imshow(heat, cmap="jet", alpha=0.45)
+            axis.set_title(label, fontsize=8)
+            axis.axis("off")
+    figure.suptitle(title)
     figure.tight_layout()
     return figure

@@ -1,0 +1,112 @@
+"""Nodes of the per-category localization pipeline (patch-level CutPaste, the paper's section 2.4)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cutpaste.core import report
+from cutpaste.core.augment import Preprocess, build_task
+from cutpaste.core.density import GaussianDensity
+from cutpaste.core.localize import LocationDensity, dense_features, gradcam, grid_size, receptive_field_upsample, scaled
+from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
+from cutpaste.core.train import Trainer
+from cutpaste.pipelines.detection.nodes import _train_config, build_model, load_model
+
+logger = logging.getLogger(__name__)
+
+
+def _sizes(localization: dict, image_size: int) -> dict:
+    """Patch sizes and stride, given at 256 px in config, scaled to the working size."""
+    sizes = {key: scaled(int(localization[key]), image_size) for key in ("train_patch_size", "extract_patch_size", "stride")}
+    sizes["sigma"] = float(localization["sigma"]) * image_size / 256
+    sizes["grid"] = grid_size(image_size, sizes["extract_patch_size"], sizes["stride"])
+    return sizes
+
+
+def train_patch_model(dataset: dict, model: dict, localization: dict, augment: dict):
+    """Train the 3-way task on random patches (crop first, then CutPaste inside the patch)."""
+    sizes = _sizes(localization, dataset["image_size"])
+    config = _train_config(localization["training"])
+    torch.manual_seed(config.seed)
+    scale = dataset["image_size"] / 256  # scars keep their size in working-image pixels, not in patch pixels
+    scar = {**augment.get("scar", {}), "reference_size": sizes["train_patch_size"]}
+    scar["width_px"] = [value * scale for value in augment["scar"]["width_px"]]
+    scar["length_px"] = [value * scale for value in augment["scar"]["length_px"]]
+    task = build_task(augment["task"], augment.get("cutpaste"), scar)
+    network = build_model(model, task.num_classes)
+    preprocess = Preprocess(**{**augment.get("preprocess", {}), "crop_size": sizes["train_patch_size"]})
+    checkpoint = None
+    if localization["training"].get("checkpoint_dir"):
+        from pathlib import Path
+
+        checkpoint = Path(localization["training"]["checkpoint_dir"]) / dataset["category"] / f"patch_{augment['task']}_seed{config.seed}.pt"
+    logger.info("%s: patch model on %d px crops of %d px images, %d steps", dataset["category"], sizes["train_patch_size"], dataset["image_size"], config.steps)
+    history = Trainer(network, task, preprocess, config, checkpoint).fit(dataset["train_images"], progress=localization["training"].get("progress", True))
+    return network.cpu(), history
+
+
+def _dense(state_dict: dict, images: np.ndarray, model: dict, localization: dict, image_size: int) -> np.ndarray:
+    sizes = _sizes(localization, image_size)
+    training = localization["training"]
+    return dense_features(load_model(state_dict, model), images, sizes["extract_patch_size"], sizes["stride"],
+                          batch_size=int(localization["batch_size"]), device=training["device"],
+                          precision=training["precision"], memory_format=training["memory_format"],
+                          progress=training.get("progress", True))
+
+
+def _per_location(category: str, localization: dict) -> bool:
+    return category in set(localization.get("per_location_categories") or [])
+
+
+def fit_patch_density(state_dict: dict, dataset: dict, model: dict, localization: dict, density: dict) -> LocationDensity:
+    """One GDE per grid location (aligned objects) or one shared by all locations."""
+    features = _dense(state_dict, dataset["train_images"], model, localization, dataset["image_size"])
+    per_location = _per_location(dataset["category"], localization)
+    return LocationDensity(per_location, density["shrinkage"], density["l2_normalize"]).fit(features)
+
+
+def score_maps(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> np.ndarray:
+    """(N_test, S, S) float32 pixel anomaly scores: patch scores upsampled through the receptive field."""
+    sizes = _sizes(localization, dataset["image_size"])
+    grid_scores = patch_density.score_grid(_dense(state_dict, dataset["test_images"], model, localization, dataset["image_size"]))
+    maps = receptive_field_upsample(grid_scores, sizes["extract_patch_size"], sizes["stride"], sizes["sigma"])
+    size = dataset["image_size"]
+    if maps.shape[-1] != size:  # the last pixels a stride does not reach take the nearest border value
+        pad = size - maps.shape[-1]
+        maps = np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge")
+    return maps.astype(np.float32)
+
+
+def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, dataset: dict, model: dict, training: dict) -> np.ndarray:
+    """GradCAM of the image-level model, resized to the localization working size: (N_test, S, S)."""
+    maps = gradcam(load_model(state_dict, model), gde, image_dataset["test_images"], device=training["device"])
+    resized = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(dataset["image_size"],) * 2, mode="bilinear", align_corners=False)
+    return resized[:, 0].numpy()
+
+
+def evaluate_localization(maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame, localization: dict):
+    """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, GradCAM pixel AUROC; Figure 4."""
+    masks = dataset["test_masks"]
+    labels = index.loc[index["split"] == "test", "label"].to_numpy()
+    metrics = {
+        "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
+        "image_auroc_from_map": image_auroc(labels, maps.reshape(len(maps), -1).max(1)),
+        "gradcam_pixel_auroc": pixel_auroc(masks, cams),
+        "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
+    }
+    logger.info("%s: pixel AUROC %.4f (GradCAM %.4f), AUPRO %.4f", dataset["category"], metrics["pixel_auroc"], metrics["gradcam_pixel_auroc"], metrics["aupro"])
+    defective = np.flatnonzero(labels)
+    chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
+    names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
+    figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names, f"{dataset['category']}: localization")
+    return metrics, figure
+
+
+def build_localization_report(**metrics_by_category: dict) -> tuple[pd.DataFrame, str]:
+    """Table 2 (pixel AUROC per category and mean, paper beside ours) as DataFrame and Markdown."""
+    table = report.localization_table(metrics_by_category)
+    return table, report.to_markdown(table, "Localization (pixel AUROC, AUPRO)", report.LOCALIZATION_NOTE)

@@ -1,0 +1,46 @@
+"""Patch-level localization, one namespace per category, beside the image-level model (GradCAM).
+
+``kedro run --pipelines=localization`` (or the deprecated ``--pipeline=localization``) runs the
+image-level detection pipeline too: GradCAM needs its model.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from cutpaste import project_params
+from cutpaste.pipelines.detection import create_pipeline as create_detection_pipeline
+from cutpaste.pipelines.detection import nodes as detection_nodes
+from cutpaste.pipelines.detection.pipeline import bind_category
+from cutpaste.pipelines.localization import nodes
+
+LOCALIZATION_PARAMETERS = ("model", "training", "augment", "density", "localization", "localization_ingest")
+
+
+def create_category_pipeline(category: str) -> Pipeline:
+    template = pipeline([
+        node(bind_category(detection_nodes.ingest_category, category), ["raw_data_root", "params:localization_ingest"],
+             ["localization_dataset", "localization_index"], name="ingest_localization"),
+        node(nodes.train_patch_model, ["localization_dataset", "params:model", "params:localization", "params:augment"],
+             ["patch_model", "patch_training_history"], name="train_patch_model"),
+        node(nodes.fit_patch_density, ["patch_model", "localization_dataset", "params:model", "params:localization", "params:density"],
+             "patch_density", name="fit_patch_density"),
+        node(nodes.score_maps, ["patch_model", "patch_density", "localization_dataset", "params:model", "params:localization"],
+             "score_maps", name="score_maps"),
+        node(nodes.gradcam_maps, ["model", "density", "dataset", "localization_dataset", "params:model", "params:training"],
+             "gradcam_maps", name="gradcam_maps"),
+        node(nodes.evaluate_localization, ["score_maps", "gradcam_maps", "localization_dataset", "localization_index", "params:localization"],
+             ["localization_metrics", "localization_figure"], name="evaluate_localization"),
+    ])
+    return pipeline(template, namespace=category, parameters={f"params:{name}" for name in LOCALIZATION_PARAMETERS})
+
+
+def create_pipeline(categories: list[str] | None = None) -> Pipeline:
+    """Image-level detection (for GradCAM) + patch-level localization + Table 2 report, per category."""
+    categories = project_params.categories() if categories is None else categories
+    patch_level = sum((create_category_pipeline(category) for category in categories), Pipeline([]))
+    report = pipeline([
+        node(nodes.build_localization_report, {category: f"{category}.localization_metrics" for category in categories},
+             ["localization_table", "localization_table_markdown"], name="build_localization_report"),
+    ])
+    return create_detection_pipeline(categories) + patch_level + report

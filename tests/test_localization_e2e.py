@@ -1,0 +1,34 @@
+"""`kedro run --pipelines=localization` end to end at tiny size (conf/test)."""
+
+import pickle
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import TINY_CATEGORIES, run_kedro
+
+pytestmark = pytest.mark.slow
+
+
+def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_project):
+    run_kedro(trained_project, runtime_params={"categories": TINY_CATEGORIES}, pipeline_names=["localization"], only_missing_outputs=True)
+    table = pd.read_csv(trained_project / "data/08_reporting/localization_table.csv")
+    assert table["category"].tolist() == ["brick", "gravel", "mean"]
+    assert table["density"].tolist()[:2] == ["shared", "per-location"]
+    for column in ("pixel_auroc", "aupro_0.3", "image_auroc_from_map", "gradcam_pixel_auroc"):
+        assert table[column].between(0, 100).all()
+    assert "paper_pixel_auroc" in table.columns
+    with open(trained_project / "data/07_model_output/brick/score_maps.pkl", "rb") as handle:
+        maps = pickle.load(handle)
+    assert maps.shape == (14, 32, 32)
+    assert (trained_project / "data/08_reporting/gravel/localization.png").stat().st_size > 5000
+
+    client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cutpaste")
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.`kedro.pipelines` = 'localization'")[0]
+    children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(child.info.run_name for child in children) == TINY_CATEGORIES
+    for child in children:
+        assert 0 <= child.data.metrics["pixel_auroc"] <= 1
+        assert "figures/localization.png" in {item.path for item in client.list_artifacts(child.info.run_id, "figures")}
