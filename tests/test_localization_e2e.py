@@ -4,9 +4,8 @@ import pickle
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
-
 from conftest import TINY_CATEGORIES, run_kedro
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
