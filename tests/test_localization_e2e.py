@@ -30,4 +30,5 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     assert sorted(child.info.run_name for child in children) == TINY_CATEGORIES
     for child in children:
         assert 0 <= child.data.metrics["pixel_auroc"] <= 1
+        assert len(client.get_metric_history(child.info.run_id, "patch_train_loss")) == 4
         assert "figures/localization.png" in {item.path for item in client.list_artifacts(child.info.run_id, "figures")}

@@ -149,9 +149,10 @@ class MlflowTrackingHook:
         elif isinstance(value, matplotlib.figure.Figure):
             self.client.log_figure(run_id, value, f"figures/{name.removesuffix('_figure')}.png")
         elif isinstance(value, pd.DataFrame):
-            if name == "training_history":
+            if name.endswith("training_history"):  # training_history, patch_training_history
+                prefix = name.removesuffix("training_history")
                 metrics = [
-                    Metric(f"train_{key}", float(row[key]), 0, int(row["step"]))
+                    Metric(f"{prefix}train_{key}", float(row[key]), 0, int(row["step"]))
                     for row in value.to_dict("records") for key in ("loss", "accuracy", "lr")
                 ]
                 for start in range(0, len(metrics), 1000):

@@ -31,3 +31,12 @@ def test_partial_group_has_no_paper_mean():
     assert np.isnan(table.loc["mean (object)", "paper_image_auroc"]) and np.isnan(table.loc["mean", "paper_image_auroc"])
     assert table.loc["carpet", "paper_image_auroc"] == 93.1
     assert "| carpet" in to_markdown(table.reset_index(), "t")
+
+
+def test_localization_table_has_paper_pixel_auroc_beside_ours():
+    from cutpaste.core.report import localization_table
+
+    values = {"pixel_auroc": 0.9, "aupro": 0.7, "image_auroc_from_map": 0.8, "gradcam_pixel_auroc": 0.6, "density": "shared"}
+    table = localization_table({"tile": values, "brick": values}).set_index("category")
+    assert table.loc["tile", "paper_pixel_auroc"] == 90.5 and np.isnan(table.loc["brick", "paper_pixel_auroc"])
+    assert table.loc["mean", "pixel_auroc"] == 90.0 and table.loc["mean", "aupro_0.3"] == 70.0

@@ -38,6 +38,17 @@ METRIC_COLUMNS = {  # metrics key -> table column, all in %
 }
 
 
+def _category_rows(metrics: dict[str, dict], percent_columns: dict[str, str], paper_column: str, paper: dict[str, float], extra_key: str) -> list[dict]:
+    """One row per category: group, ``extra_key`` as is, the paper's value, metrics in % (NaN if absent)."""
+    rows = []
+    for category, values in sorted(metrics.items()):
+        row = {"category": category, "group": category_group(category), extra_key: values.get(extra_key),
+               paper_column: paper.get(category, np.nan)}
+        row.update({column: round(100 * values[key], 1) if key in values else np.nan for key, column in percent_columns.items()})
+        rows.append(row)
+    return rows
+
+
 def _mean_row(label: str, group: str, part: pd.DataFrame, paper: float) -> dict:
     row = {"category": label, "group": group, "n_test": int(part["n_test"].sum()), "paper_image_auroc": paper}
     row.update({column: round(part[column].mean(), 1) for column in METRIC_COLUMNS.values()})
@@ -56,12 +67,7 @@ def detection_table(metrics: dict[str, dict]) -> pd.DataFrame:
     Args:
         metrics: category -> the evaluation node's metrics (fractions in [0, 1]).
     """
-    rows = []
-    for category, values in sorted(metrics.items()):
-        row = {"category": category, "group": category_group(category), "n_test": values.get("n_test"),
-               "paper_image_auroc": PAPER_IMAGE_AUROC_3WAY.get(category, np.nan)}
-        row.update({column: round(100 * values[key], 1) if key in values else np.nan for key, column in METRIC_COLUMNS.items()})
-        rows.append(row)
+    rows = _category_rows(metrics, METRIC_COLUMNS, "paper_image_auroc", PAPER_IMAGE_AUROC_3WAY, "n_test")
     columns = ["category", "group", "n_test", "image_auroc", "paper_image_auroc", *list(METRIC_COLUMNS.values())[1:]]
     table = pd.DataFrame(rows)[columns]
     means = []
@@ -146,12 +152,7 @@ LOCALIZATION_COLUMNS = {
 
 def localization_table(metrics: dict[str, dict]) -> pd.DataFrame:
     """The paper's Table 2 with our columns: per category and mean, in %."""
-    rows = []
-    for category, values in sorted(metrics.items()):
-        row = {"category": category, "group": category_group(category), "density": values.get("density"),
-               "paper_pixel_auroc": PAPER_PIXEL_AUROC.get(category, np.nan)}
-        row.update({column: round(100 * values[key], 1) if key in values else np.nan for key, column in LOCALIZATION_COLUMNS.items()})
-        rows.append(row)
+    rows = _category_rows(metrics, LOCALIZATION_COLUMNS, "paper_pixel_auroc", PAPER_PIXEL_AUROC, "density")
     columns = ["category", "group", "density", "pixel_auroc", "paper_pixel_auroc", "aupro_0.3", "image_auroc_from_map", "gradcam_pixel_auroc"]
     table = pd.DataFrame(rows)[columns]
     complete = set(table["category"]) == set(PAPER_PIXEL_AUROC)

@@ -1,0 +1,68 @@
+"""Dense-scoring throughput vs the encoder bound, measured in one run on this machine.
+
+Bound: patches per image / the encoder's throughput on one large batch of patches (the best the
+dense scorer could do if unfolding, chunking, GDE scoring and upsampling cost nothing). Measured:
+the project's full score-map path (dense_features -> shared GDE -> receptive-field upsampling).
+
+    python benchmarks/bench_localization.py [--size 256] [--patch 32] [--stride 4] [--images 8]
+
+Goal: measured >= 70 % of the bound. Prints peak resident memory too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+from cutpaste.core.localize import LocationDensity, dense_features, grid_size, receptive_field_upsample
+from cutpaste.core.models import CutPasteNet
+from cutpaste.core.train import resolve_device, resolve_memory_format, resolve_precision
+
+
+def encoder_patches_per_second(model, patch: int, batch: int, precision: str) -> float:
+    device = resolve_device("auto")
+    dtype = resolve_precision(precision, device)
+    fmt = resolve_memory_format("auto", device, dtype)
+    model = model.to(device, memory_format=fmt).eval()
+    patches = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=fmt)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        model.embed(patches)
+        start = time.perf_counter()
+        for _ in range(3):
+            model.embed(patches)
+        seconds = (time.perf_counter() - start) / 3
+    return batch / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--patch", type=int, default=32)
+    parser.add_argument("--stride", type=int, default=4)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1024)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3)
+    images = np.random.default_rng(0).integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8)
+    grid = grid_size(args.size, args.patch, args.stride)
+    print(f"{args.images} images of {args.size} px, {args.patch} px patches at stride {args.stride}: {grid}x{grid} = {grid * grid} patches/image")
+    train = dense_features(model, images[:2], args.patch, args.stride, args.batch, precision="fp32")
+    density = LocationDensity(per_location=False).fit(train)
+    for precision in ("fp32", "auto"):
+        bound = encoder_patches_per_second(model, args.patch, args.batch, precision) / (grid * grid)
+        start = time.perf_counter()
+        features = dense_features(model, images, args.patch, args.stride, args.batch, precision=precision)
+        maps = receptive_field_upsample(density.score_grid(features), args.patch, args.stride, sigma=args.patch / 4)
+        measured = args.images / (time.perf_counter() - start)
+        print(f"{precision:>5}: measured {measured:6.2f} images/s, encoder bound {bound:6.2f} images/s, "
+              f"ratio {measured / bound:.2f} (goal >= 0.70); map {maps.shape[1:]}")
+    print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
