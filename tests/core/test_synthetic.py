@@ -65,3 +65,22 @@ def test_ensure_reuses_matching_data_and_regenerates_on_change(tmp_path):
 def test_unknown_demo_category(tmp_path):
     with pytest.raises(ValueError, match="no demo photo"):
         generate_demo_category(tmp_path, "bottle")
+
+
+def test_train_and_test_bands_alternate_and_never_overlap():
+    from cutpaste.core.synthetic import band_rows
+
+    train, test = band_rows(512, 128, "train"), band_rows(512, 128, "test")
+    assert train == [0, 256] and test == [128, 384]
+    train_rows = {row for top in train for row in range(top, top + 128)}
+    test_rows = {row for top in test for row in range(top, top + 128)}
+    assert not train_rows & test_rows
+
+
+def test_old_layout_is_regenerated(tmp_path):
+    settings = {"seed": 0, "crop_size": 32, "n_train": 2, "n_test_good": 1, "n_test_defect": 1}
+    ensure_demo_category(tmp_path, "gravel", **settings)
+    manifest = tmp_path / "gravel" / "demo_manifest.json"
+    manifest.write_text(json.dumps({**settings}))  # as written before the layout was recorded
+    ensure_demo_category(tmp_path, "gravel", **settings)
+    assert json.loads(manifest.read_text())["layout"] == "alternating-bands"

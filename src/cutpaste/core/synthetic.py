@@ -6,7 +6,7 @@ Nothing here is CutPaste: no region of the image itself is moved, so a CutPaste-
 not graded on its own augmentation.
 
 The demo dataset is cut from real texture photos that scikit-image bundles (brick, grass, gravel):
-normal training crops come from the top of each photo, test crops from a disjoint band at the bottom.
+normal training and test crops come from disjoint bands of rows that alternate down each photo.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 SHAPES = ("digit", "square", "ellipse", "heart")
 FILLS = ("color", "natural")
 DEMO_CATEGORIES = ("brick", "grass", "gravel")
+DEMO_LAYOUT = "alternating-bands"  # recorded in the manifest: data made another way is regenerated
 _NATURAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
@@ -111,13 +112,20 @@ def paste_synthetic_anomaly(
     return out, mask
 
 
-def _crops(photo: np.ndarray, rows: tuple[int, int], count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    top_max = rows[1] - size
-    if top_max < rows[0]:
-        raise ValueError(f"band {rows} is smaller than the crop size {size}")
+def band_rows(height: int, crop_size: int, split: str) -> list[int]:
+    """Top rows of the crop-high bands a split may use: bands alternate train, test, train, test ...
+    down the photo, so the two splits never share a pixel yet both see its top and its bottom."""
+    first = 0 if split == "train" else 1
+    return [band * crop_size for band in range(first, height // crop_size, 2)]
+
+
+def _crops(photo: np.ndarray, split: str, count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    tops = band_rows(photo.shape[0], size, split)
+    if not tops:
+        raise ValueError(f"a {photo.shape[0]} px photo has no {split} band of {size} px")
     crops = []
     for _ in range(count):
-        top = int(rng.integers(rows[0], top_max + 1))
+        top = tops[int(rng.integers(len(tops)))]
         left = int(rng.integers(0, photo.shape[1] - size + 1))
         crops.append(photo[top : top + size, left : left + size])
     return crops
@@ -135,28 +143,23 @@ def generate_demo_category(
     """Write one demo category (a scikit-image texture photo) in MVTec layout under ``root``.
 
     Normal images are grayscale PNG crops (the bundled texture photos are grayscale); defect images
-    are RGB with masks in ``ground_truth/<shape>_<fill>/``. Train crops come from rows [0, 0.6 H) of
-    the photo, test crops from rows [0.65 H, H): the two never overlap. Deterministic for a seed.
+    are RGB with masks in ``ground_truth/<shape>_<fill>/``. The photo is cut into bands of ``crop_size`` rows
+    that alternate between train and test (:func:`band_rows`): the splits never overlap and share
+    the photo's statistics from top to bottom. Deterministic for a seed.
 
     Returns:
         The settings, also written to ``<root>/<category>/demo_manifest.json``.
     """
     if category not in DEMO_CATEGORIES:
         raise ValueError(f"no demo photo for category '{category}', expected one of {DEMO_CATEGORIES}")
-    settings = {"seed": seed, "crop_size": crop_size, "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect}
+    settings = {"seed": seed, "crop_size": crop_size, "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect,
+                "layout": DEMO_LAYOUT}
     category_dir = Path(root) / category
     natural = [_skimage_photo(name) for name in _NATURAL_PHOTOS]
     rng = np.random.default_rng([seed, DEMO_CATEGORIES.index(category)])
     photo = _skimage_photo(category)
-    height = photo.shape[0]
-    train_band = (0, int(0.6 * height))
-    test_band = (int(0.65 * height), height)
-    for split, band, count, defect in (
-        ("train", train_band, n_train, False),
-        ("test", test_band, n_test_good, False),
-        ("test", test_band, n_test_defect, True),
-    ):
-        for number, crop in enumerate(_crops(photo, band, count, crop_size, rng)):
+    for split, count, defect in (("train", n_train, False), ("test", n_test_good, False), ("test", n_test_defect, True)):
+        for number, crop in enumerate(_crops(photo, split, count, crop_size, rng)):
             if not defect:
                 folder = category_dir / split / "good"
                 folder.mkdir(parents=True, exist_ok=True)
@@ -183,7 +186,7 @@ def ensure_demo_category(root: str | Path, category: str, **settings) -> dict:
     manifest_path = Path(root) / category / "demo_manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if manifest == {**manifest, **settings}:
+        if manifest == {**manifest, **settings, "layout": DEMO_LAYOUT}:
             logger.info("demo data for %s already present at %s", category, manifest_path.parent)
             return manifest
         import shutil
