@@ -96,3 +96,19 @@ def test_gradcam_is_a_nonnegative_map_at_image_size():
     density = GaussianDensity().fit(np.concatenate([pooled, pooled + 0.01]))
     maps = gradcam(model, density, images, batch_size=2, device="cpu")
     assert maps.shape == (3, 64, 64) and np.isfinite(maps).all() and maps.min() >= 0
+
+
+def test_streaming_fit_and_score_match_the_all_in_memory_path():
+    from cutpaste.core.localize import fit_patch_density, score_patch_grid
+
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3, head_dims=(8,)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8)
+    args = {"batch_size": 64, "device": "cpu", "precision": "fp32"}
+    features = dense_features(model, images, 16, 4, **args)
+    whole = LocationDensity(per_location=False).fit(features)
+    streamed = fit_patch_density(model, images, LocationDensity(per_location=False), 16, 4, images_per_chunk=2, **args)
+    np.testing.assert_allclose(streamed.shared_.mean_, whole.shared_.mean_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(score_patch_grid(model, images, whole, 16, 4, images_per_chunk=2, **args), whole.score_grid(features), rtol=1e-5)
+    subsampled = fit_patch_density(model, images, LocationDensity(per_location=False, max_fit_vectors=20), 16, 4, images_per_chunk=2, **args)
+    assert subsampled.grid_ == 3 and np.isfinite(subsampled.shared_.precision_).all()

@@ -59,6 +59,34 @@ def dense_features(
     return torch.stack(outputs).numpy()
 
 
+def fit_patch_density(model: nn.Module, images: np.ndarray, density: LocationDensity, patch_size: int, stride: int,
+                      images_per_chunk: int = 8, **embed_args) -> LocationDensity:
+    """Fit ``density`` on the dense features of normal images without holding them all when it is
+    shared: each chunk of images gives a random share of its patch vectors (``max_fit_vectors`` in
+    all). A per-location density needs every vector (N G^2 D float32 in memory)."""
+    if density.per_location:
+        return density.fit(dense_features(model, images, patch_size, stride, **embed_args))
+    rng = np.random.default_rng(density.seed)
+    per_image = max(1, -(-density.max_fit_vectors // len(images)))
+    kept, grid = [], None
+    for start in range(0, len(images), images_per_chunk):
+        features = dense_features(model, images[start : start + images_per_chunk], patch_size, stride, **embed_args)
+        grid, dim = features.shape[1], features.shape[-1]
+        for image_features in features.reshape(len(features), -1, dim):
+            kept.append(image_features[rng.choice(len(image_features), min(per_image, len(image_features)), replace=False)])
+    return density.fit_shared(np.concatenate(kept), grid)
+
+
+def score_patch_grid(model: nn.Module, images: np.ndarray, density: LocationDensity, patch_size: int, stride: int,
+                     images_per_chunk: int = 8, **embed_args) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, G, G) patch scores, embedding and scoring a chunk of images at a time
+    (memory: one chunk's features, not N G^2 D)."""
+    return np.concatenate([
+        density.score_grid(dense_features(model, images[start : start + images_per_chunk], patch_size, stride, **embed_args))
+        for start in range(0, len(images), images_per_chunk)
+    ])
+
+
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     """(size, size) Gaussian, peak 1, centred on the patch."""
     coordinates = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -103,13 +131,9 @@ class LocationDensity:
     def fit(self, features: np.ndarray) -> LocationDensity:
         """features: (N, G, G, D) float of normal training images."""
         count, grid, _, dim = features.shape
-        self.grid_ = grid
         if not self.per_location:
-            flat = features.reshape(-1, dim)
-            if len(flat) > self.max_fit_vectors:
-                flat = flat[np.random.default_rng(self.seed).choice(len(flat), self.max_fit_vectors, replace=False)]
-            self.shared_ = GaussianDensity(self.shrinkage, self.l2_normalize).fit(flat)
-            return self
+            return self.fit_shared(features.reshape(-1, dim), grid)
+        self.grid_ = grid
         by_location = features.reshape(count, grid * grid, dim).transpose(1, 0, 2)
         self.means_ = np.empty((grid * grid, dim), dtype=np.float32)
         self.precisions_ = np.empty((grid * grid, dim, dim), dtype=np.float32)
@@ -117,6 +141,14 @@ class LocationDensity:
             gaussian = GaussianDensity(self.shrinkage, self.l2_normalize).fit(vectors)
             self.means_[location] = gaussian.mean_
             self.precisions_[location] = gaussian.precision_
+        return self
+
+    def fit_shared(self, vectors: np.ndarray, grid: int) -> LocationDensity:
+        """Fit the shared GDE on (M, D) patch vectors (subsampled to ``max_fit_vectors``) of a G x G grid."""
+        self.grid_ = grid
+        if len(vectors) > self.max_fit_vectors:
+            vectors = vectors[np.random.default_rng(self.seed).choice(len(vectors), self.max_fit_vectors, replace=False)]
+        self.shared_ = GaussianDensity(self.shrinkage, self.l2_normalize).fit(vectors)
         return self
 
     def score_grid(self, features: np.ndarray) -> np.ndarray:

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cutpaste.core import report
+from cutpaste.core import localize, report
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.localize import LocationDensity, dense_features, gradcam, grid_size, receptive_field_upsample, scaled
+from cutpaste.core.localize import LocationDensity, gradcam, grid_size, receptive_field_upsample, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
 from cutpaste.core.train import Trainer
 from cutpaste.pipelines.detection.nodes import _train_config, build_model, load_model
@@ -49,13 +49,10 @@ def train_patch_model(dataset: dict, model: dict, localization: dict, augment: d
     return network.cpu(), history
 
 
-def _dense(state_dict: dict, images: np.ndarray, model: dict, localization: dict, image_size: int) -> np.ndarray:
-    sizes = _sizes(localization, image_size)
+def _embed_args(localization: dict) -> dict:
     training = localization["training"]
-    return dense_features(load_model(state_dict, model), images, sizes["extract_patch_size"], sizes["stride"],
-                          batch_size=int(localization["batch_size"]), device=training["device"],
-                          precision=training["precision"], memory_format=training["memory_format"],
-                          progress=training.get("progress", True))
+    return {"batch_size": int(localization["batch_size"]), "device": training["device"], "precision": training["precision"],
+            "memory_format": training["memory_format"]}
 
 
 def _per_location(category: str, localization: dict) -> bool:
@@ -64,15 +61,27 @@ def _per_location(category: str, localization: dict) -> bool:
 
 def fit_patch_density(state_dict: dict, dataset: dict, model: dict, localization: dict, density: dict) -> LocationDensity:
     """One GDE per grid location (aligned objects) or one shared by all locations."""
-    features = _dense(state_dict, dataset["train_images"], model, localization, dataset["image_size"])
-    per_location = _per_location(dataset["category"], localization)
-    return LocationDensity(per_location, density["shrinkage"], density["l2_normalize"]).fit(features)
+    sizes = _sizes(localization, dataset["image_size"])
+    location_density = LocationDensity(_per_location(dataset["category"], localization), density["shrinkage"], density["l2_normalize"])
+    logger.info("%s: fitting a %s GDE on %dx%d patch grids", dataset["category"], "per-location" if location_density.per_location else "shared", sizes["grid"], sizes["grid"])
+    return localize.fit_patch_density(load_model(state_dict, model), dataset["train_images"], location_density,
+                                      sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
 
 
 def score_maps(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> np.ndarray:
     """(N_test, S, S) float32 pixel anomaly scores: patch scores upsampled through the receptive field."""
     sizes = _sizes(localization, dataset["image_size"])
-    grid_scores = patch_density.score_grid(_dense(state_dict, dataset["test_images"], model, localization, dataset["image_size"]))
+    images = dataset["test_images"]
+    chunks = range(0, len(images), 8)
+    if localization["training"].get("progress", True):
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"score maps {dataset['category']}", unit="chunk of 8")
+    network = load_model(state_dict, model)
+    grid_scores = np.concatenate([
+        localize.score_patch_grid(network, images[start : start + 8], patch_density, sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
+        for start in chunks
+    ])
     maps = receptive_field_upsample(grid_scores, sizes["extract_patch_size"], sizes["stride"], sizes["sigma"])
     size = dataset["image_size"]
     if maps.shape[-1] != size:  # the last pixels a stride does not reach take the nearest border value
