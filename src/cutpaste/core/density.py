@@ -64,7 +64,7 @@ class GaussianDensity:
     def score_samples(self, features: np.ndarray) -> np.ndarray:
         """(N, D) -> (N,) float64 anomaly scores (squared Mahalanobis distance; higher = more anomalous)."""
         centered = self._prepare(features) - self.mean_
-        return np.einsum("nd,de,ne->n", centered, self.precision_, centered)
+        return ((centered @ self.precision_) * centered).sum(1)  # BLAS; a 3-operand einsum is ~100x slower here
 
     def score_samples_torch(self, features: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
         """Same as :meth:`score_samples` on a torch tensor, on its device, in float32 chunks."""
