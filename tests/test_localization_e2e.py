@@ -32,3 +32,12 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
         assert 0 <= child.data.metrics["pixel_auroc"] <= 1
         assert len(client.get_metric_history(child.info.run_id, "patch_train_loss")) == 4
         assert "figures/localization.png" in {item.path for item in client.list_artifacts(child.info.run_id, "figures")}
+
+
+def test_inference_writes_heatmap_overlays_where_a_localizer_exists(trained_project):
+    run_kedro(trained_project, runtime_params={"categories": TINY_CATEGORIES}, pipeline_names=["localization"], only_missing_outputs=True)
+    test_dir = "data/01_raw/demo/gravel/test"
+    run_kedro(trained_project, runtime_params={"category": "gravel", "input_dir": test_dir, "categories": ["gravel"]}, pipeline_names=["inference"])
+    heatmaps = sorted((trained_project / "data/07_model_output/inference/gravel/heatmaps").glob("*.png"))
+    assert len(heatmaps) == 14 and "good__000.png" in {path.name for path in heatmaps}
+    assert heatmaps[0].stat().st_size > 2000

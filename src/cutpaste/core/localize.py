@@ -205,3 +205,62 @@ def gradcam(model: nn.Module, density: GaussianDensity, images: np.ndarray, batc
 def scaled(value_at_256: int, image_size: int) -> int:
     """A pixel size given at 256 px, scaled to the working size (at least 1)."""
     return max(1, int(math.floor(value_at_256 * image_size / 256 + 0.5)))
+
+
+class Localizer:
+    """A trained patch model with its density and geometry: new images -> (N, S, S) score maps.
+
+    Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
+    """
+
+    def __init__(self, state_dict: dict, model_config: dict, density: LocationDensity, image_size: int,
+                 patch_size: int, stride: int, sigma: float, embed_args: dict) -> None:
+        self.state_dict, self.model_config, self.density = state_dict, model_config, density
+        self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
+        self.embed_args = embed_args
+
+    def score_maps(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores."""
+        from cutpaste.core.models import CutPasteNet
+
+        num_classes = int(self.state_dict["classifier.weight"].shape[0])
+        network = CutPasteNet(num_classes, tuple(self.model_config["head_dims"]), self.model_config["backbone"])
+        network.load_state_dict(self.state_dict)
+        grid_scores = score_patch_grid(network.eval(), images, self.density, self.patch_size, self.stride, **self.embed_args)
+        maps = receptive_field_upsample(grid_scores, self.patch_size, self.stride, self.sigma)
+        pad = self.image_size - maps.shape[-1]
+        return np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)
+
+    def save(self, folder) -> None:
+        import json
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict, folder / "patch_model.pt")
+        density = self.density
+        arrays = ({"means": density.means_, "precisions": density.precisions_} if density.per_location
+                  else {f"shared_{key}": value for key, value in density.shared_.to_arrays().items()})
+        np.savez(folder / "density.npz", **arrays)
+        meta = {"model_config": self.model_config, "image_size": self.image_size, "patch_size": self.patch_size,
+                "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": density.grid_,
+                "density": {"per_location": density.per_location, "shrinkage": density.shrinkage, "l2_normalize": density.l2_normalize}}
+        (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder) -> Localizer:
+        import json
+        from pathlib import Path
+
+        folder = Path(folder)
+        meta = json.loads((folder / "localizer.json").read_text())
+        density = LocationDensity(**meta["density"])
+        density.grid_ = meta["grid"]
+        with np.load(folder / "density.npz") as arrays:
+            if density.per_location:
+                density.means_, density.precisions_ = arrays["means"], arrays["precisions"]
+            else:
+                shared = {key.removeprefix("shared_"): arrays[key] for key in arrays.files}
+                density.shared_ = GaussianDensity.from_arrays({"shrinkage": density.shrinkage, "l2_normalize": density.l2_normalize}, shared)
+        state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
+        return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"], meta["embed_args"])

@@ -192,3 +192,17 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     figure.suptitle(title)
     figure.tight_layout()
     return figure
+
+
+def heatmap_figure(image: np.ndarray, heat: np.ndarray, value_range: tuple[float, float], title: str) -> plt.Figure:
+    """Input beside its heatmap overlay; ``value_range`` fixes the colour scale across images."""
+    figure, axes = plt.subplots(1, 2, figsize=(5, 2.7))
+    axes[0].imshow(image)
+    axes[1].imshow(image)
+    axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=value_range[0], vmax=value_range[1])
+    for axis, label in zip(axes, ("input", "patch-model heatmap")):
+        axis.set_title(label, fontsize=8)
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure

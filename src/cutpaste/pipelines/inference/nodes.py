@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 
@@ -30,3 +31,28 @@ def score_folder(detector: Detector, category: str, input_dir: str | None, infer
     for row in table.loc[~scored].itertuples():
         logger.warning("skipped %s", row.error)
     return table
+
+
+def heatmap_overlays(localizer, table: pd.DataFrame, inference: dict) -> dict:
+    """One overlay figure per scored image (input, patch-model heatmap), when the category has a
+    trained localizer; an empty dict otherwise. At most ``inference.max_heatmaps`` images."""
+    if localizer is None:
+        logger.info("no localizer for this category (run --pipelines=localization): no heatmaps")
+        return {}
+    import numpy as np
+
+    from cutpaste.core.data import load_image
+    from cutpaste.core.report import heatmap_figure
+
+    rows = table[table["error"].fillna("") == ""].head(int(inference.get("max_heatmaps", 200)))  # CSV reads "" as NaN
+    images = np.stack([load_image(path, localizer.image_size) for path in rows["file"]]) if len(rows) else None
+    if images is None:
+        return {}
+    maps = localizer.score_maps(images)
+    low, high = np.percentile(maps, 1), np.percentile(maps, 99.5)  # one colour scale for the whole folder
+    figures = {}
+    for (row, image, heat) in zip(rows.itertuples(), images, maps):
+        path = Path(row.file)
+        name = f"{path.parent.name}__{path.stem}.png"
+        figures[name] = heatmap_figure(image, heat, (low, high), f"{row.decision}: score {row.score:.4g}")
+    return figures

@@ -11,4 +11,5 @@ def create_pipeline(**_) -> Pipeline:
     return pipeline([
         node(nodes.score_folder, ["inference_detector", "params:category", "params:input_dir", "params:inference"],
              "inference_scores", name="score_folder"),
+        node(nodes.heatmap_overlays, ["inference_localizer", "inference_scores", "params:inference"], "inference_heatmaps", name="heatmap_overlays"),
     ])

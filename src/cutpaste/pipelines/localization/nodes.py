@@ -90,6 +90,13 @@ def score_maps(state_dict: dict, patch_density: LocationDensity, dataset: dict, 
     return maps.astype(np.float32)
 
 
+def package_localizer(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> localize.Localizer:
+    """Patch model + density + geometry, for scoring new images (the inference pipeline's heatmaps)."""
+    sizes = _sizes(localization, dataset["image_size"])
+    return localize.Localizer(state_dict, dict(model), patch_density, dataset["image_size"], sizes["extract_patch_size"],
+                              sizes["stride"], sizes["sigma"], _embed_args(localization))
+
+
 def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, dataset: dict, model: dict, training: dict) -> np.ndarray:
     """GradCAM of the image-level model, resized to the localization working size: (N_test, S, S)."""
     maps = gradcam(load_model(state_dict, model), gde, image_dataset["test_images"], device=training["device"])

@@ -27,6 +27,8 @@ def create_category_pipeline(category: str) -> Pipeline:
              "patch_density", name="fit_patch_density"),
         node(nodes.score_maps, ["patch_model", "patch_density", "localization_dataset", "params:model", "params:localization"],
              "score_maps", name="score_maps"),
+        node(nodes.package_localizer, ["patch_model", "patch_density", "localization_dataset", "params:model", "params:localization"],
+             "localizer", name="package_localizer"),
         node(nodes.gradcam_maps, ["model", "density", "dataset", "localization_dataset", "params:model", "params:training"],
              "gradcam_maps", name="gradcam_maps"),
         node(nodes.evaluate_localization, ["score_maps", "gradcam_maps", "localization_dataset", "localization_index", "params:localization"],
