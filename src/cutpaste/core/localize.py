@@ -78,12 +78,17 @@ def fit_patch_density(model: nn.Module, images: np.ndarray, density: LocationDen
 
 
 def score_patch_grid(model: nn.Module, images: np.ndarray, density: LocationDensity, patch_size: int, stride: int,
-                     images_per_chunk: int = 8, **embed_args) -> np.ndarray:
+                     images_per_chunk: int = 8, progress: bool = False, **embed_args) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, G, G) patch scores, embedding and scoring a chunk of images at a time
     (memory: one chunk's features, not N G^2 D)."""
+    starts = range(0, len(images), images_per_chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="score maps", unit=f"chunk of {images_per_chunk}")
     return np.concatenate([
         density.score_grid(dense_features(model, images[start : start + images_per_chunk], patch_size, stride, **embed_args))
-        for start in range(0, len(images), images_per_chunk)
+        for start in starts
     ])
 
 
@@ -219,14 +224,15 @@ class Localizer:
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
 
-    def score_maps(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores."""
+    def score_maps(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores; border pixels a
+        stride does not reach take the nearest computed value."""
         from cutpaste.core.models import CutPasteNet
 
         num_classes = int(self.state_dict["classifier.weight"].shape[0])
         network = CutPasteNet(num_classes, tuple(self.model_config["head_dims"]), self.model_config["backbone"])
         network.load_state_dict(self.state_dict)
-        grid_scores = score_patch_grid(network.eval(), images, self.density, self.patch_size, self.stride, **self.embed_args)
+        grid_scores = score_patch_grid(network.eval(), images, self.density, self.patch_size, self.stride, progress=progress, **self.embed_args)
         maps = receptive_field_upsample(grid_scores, self.patch_size, self.stride, self.sigma)
         pad = self.image_size - maps.shape[-1]
         return np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)

@@ -11,7 +11,7 @@ import torch
 from cutpaste.core import localize, report
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.localize import LocationDensity, gradcam, grid_size, receptive_field_upsample, scaled
+from cutpaste.core.localize import LocationDensity, gradcam, grid_size, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
 from cutpaste.core.train import Trainer
 from cutpaste.pipelines.detection.nodes import _train_config, build_model, load_model
@@ -70,24 +70,8 @@ def fit_patch_density(state_dict: dict, dataset: dict, model: dict, localization
 
 def score_maps(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> np.ndarray:
     """(N_test, S, S) float32 pixel anomaly scores: patch scores upsampled through the receptive field."""
-    sizes = _sizes(localization, dataset["image_size"])
-    images = dataset["test_images"]
-    chunks = range(0, len(images), 8)
-    if localization["training"].get("progress", True):
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=f"score maps {dataset['category']}", unit="chunk of 8")
-    network = load_model(state_dict, model)
-    grid_scores = np.concatenate([
-        localize.score_patch_grid(network, images[start : start + 8], patch_density, sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
-        for start in chunks
-    ])
-    maps = receptive_field_upsample(grid_scores, sizes["extract_patch_size"], sizes["stride"], sizes["sigma"])
-    size = dataset["image_size"]
-    if maps.shape[-1] != size:  # the last pixels a stride does not reach take the nearest border value
-        pad = size - maps.shape[-1]
-        maps = np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge")
-    return maps.astype(np.float32)
+    localizer = package_localizer(state_dict, patch_density, dataset, model, localization)
+    return localizer.score_maps(dataset["test_images"], progress=localization["training"].get("progress", True))
 
 
 def package_localizer(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> localize.Localizer:
