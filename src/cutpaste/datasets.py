@@ -1,4 +1,4 @@
-"""Kedro datasets of the project."""
+"""Kedro datasets of the project: trained artifacts stored as folders (no pickle)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,38 @@ from cutpaste.core.detector import Detector
 from cutpaste.core.localize import Localizer
 
 
-class DetectorDataset(AbstractDataset[Detector, Detector]):
-    """A :class:`~cutpaste.core.detector.Detector` stored as a folder (model.pt, density.npz,
-    detector.json): no pickle, loads with ``weights_only``.
+class _FolderDataset(AbstractDataset):
+    """An object with ``save(folder)`` / ``load(folder)`` kept in a folder marked by ``marker``.
+    With ``optional: true`` loading a missing folder gives None instead of failing."""
+
+    artifact: type
+    marker: str
+    missing_hint: str
+
+    def __init__(self, path: str, optional: bool = False, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self._optional = optional
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        if not self._exists():
+            if self._optional:
+                return None
+            raise FileNotFoundError(f"{self._path}: {self.missing_hint}")
+        return self.artifact.load(self._path)
+
+    def save(self, data: Any) -> None:
+        data.save(self._path)
+
+    def _exists(self) -> bool:
+        return (self._path / self.marker).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path), "optional": self._optional}
+
+
+class DetectorDataset(_FolderDataset):
+    """A :class:`~cutpaste.core.detector.Detector` folder (model.pt, density.npz, detector.json).
 
     Example (catalog)::
 
@@ -22,46 +51,15 @@ class DetectorDataset(AbstractDataset[Detector, Detector]):
           path: data/06_models/{category}/detector
     """
 
-    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
-        self._path = Path(path)
-        self.metadata = metadata
-
-    def load(self) -> Detector:
-        if not self._exists():
-            raise FileNotFoundError(f"{self._path}: no trained detector here (run the detection pipeline for this category first)")
-        return Detector.load(self._path)
-
-    def save(self, data: Detector) -> None:
-        data.save(self._path)
-
-    def _exists(self) -> bool:
-        return (self._path / "detector.json").is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path)}
+    artifact = Detector
+    marker = "detector.json"
+    missing_hint = "no trained detector here (run the detection pipeline for this category first)"
 
 
-class LocalizerDataset(AbstractDataset[Localizer, Localizer | None]):
-    """A :class:`~cutpaste.core.localize.Localizer` folder. With ``optional: true`` loading a missing
-    folder gives None (inference then writes no heatmaps) instead of failing."""
+class LocalizerDataset(_FolderDataset):
+    """A :class:`~cutpaste.core.localize.Localizer` folder; ``optional: true`` lets inference write
+    no heatmaps for a category without one."""
 
-    def __init__(self, path: str, optional: bool = False, metadata: dict[str, Any] | None = None) -> None:
-        self._path = Path(path)
-        self._optional = optional
-        self.metadata = metadata
-
-    def load(self) -> Localizer | None:
-        if not self._exists():
-            if self._optional:
-                return None
-            raise FileNotFoundError(f"{self._path}: no trained localizer here (run the localization pipeline first)")
-        return Localizer.load(self._path)
-
-    def save(self, data: Localizer) -> None:
-        data.save(self._path)
-
-    def _exists(self) -> bool:
-        return (self._path / "localizer.json").is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "optional": self._optional}
+    artifact = Localizer
+    marker = "localizer.json"
+    missing_hint = "no trained localizer here (run the localization pipeline first)"

@@ -18,8 +18,7 @@ Defaults are the paper's (Li et al., CVPR 2021), at 256 x 256 px:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 
@@ -210,19 +209,6 @@ class PatchParams:
     target_left: torch.Tensor
     angle_deg: torch.Tensor
     jitter: JitterParams
-
-    def subset(self, index: torch.Tensor) -> PatchParams:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "jitter"}
-        jitter = JitterParams(**{f.name: getattr(self.jitter, f.name)[index] for f in fields(JitterParams)})
-        return PatchParams(**{k: v[index] for k, v in values.items()}, jitter=jitter)
-
-
-class Augmentation(Protocol):
-    def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> PatchParams: ...
-
-    def apply(self, images: torch.Tensor, params: PatchParams) -> torch.Tensor: ...
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
 class CutPaste:

@@ -147,11 +147,9 @@ def load_image(path: str | Path, image_size: int) -> np.ndarray:
     return to_rgb_array(read_image(path), image_size)
 
 
-def load_mask(mask_path: str | Path, image_path: str | Path, image_size: int) -> np.ndarray:
-    """Read a mask, check it matches its image's size, binarize (> 0) and resize (nearest)."""
+def load_mask(mask_path: str | Path, image_path: str | Path, image_size_xy: tuple[int, int], image_size: int) -> np.ndarray:
+    """Read a mask, check it matches its image's (width, height), binarize (> 0) and resize (nearest)."""
     mask = read_image(mask_path)
-    with Image.open(image_path) as image:
-        image_size_xy = image.size
     if mask.size != image_size_xy:
         raise DatasetError(
             f"{mask_path}: mask size {mask.size[0]}x{mask.size[1]} differs from its image "
@@ -181,10 +179,11 @@ def load_category(root: str | Path, category: str, image_size: int, progress: bo
         iterator = tqdm(iterator, total=len(index), desc=f"ingest {category}", unit="img")
     images, masks = [], []
     for row in iterator:
-        images.append(load_image(row.path, image_size))
+        image = read_image(row.path)
+        images.append(to_rgb_array(image, image_size))
         if row.split == "test":
             if row.label:
-                masks.append(load_mask(row.mask_path, row.path, image_size))
+                masks.append(load_mask(row.mask_path, row.path, image.size, image_size))
             else:
                 masks.append(np.zeros((image_size, image_size), dtype=np.uint8))
     is_train = (index["split"] == "train").to_numpy()
