@@ -1,6 +1,9 @@
 """The default pipeline end to end through a KedroSession, at tiny size (conf/test)."""
 
+import json
+
 import pandas as pd
+import torch
 import pytest
 from conftest import TINY_CATEGORIES, run_kedro
 from mlflow import MlflowClient
@@ -24,6 +27,12 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
     assert "| brick" in (project_copy / "data/08_reporting/detection_table.md").read_text()
     scores = pd.read_csv(project_copy / "data/07_model_output/brick/scores.csv")
     assert list(scores.columns) == ["path", "defect_type", "label", "score"] and len(scores) == 14
+    split = json.loads((project_copy / "data/05_model_input/brick/holdout_split.json").read_text())
+    assert sorted(split["fit"] + split["calibration"]) == list(range(12)) and len(split["calibration"]) == 6
+    threshold = json.loads((project_copy / "data/06_models/brick/threshold.json").read_text())
+    assert threshold["n_images"] == len(split["calibration"])
+    checkpoint = torch.load(project_copy / "data/06_models/checkpoints/brick/3way_seed0.pt", weights_only=True)
+    assert checkpoint["data"].startswith("(6, ")  # the proxy task trained on the 6 fit images only
     for figure in ("roc", "score_histogram", "training"):
         assert (project_copy / f"data/08_reporting/gravel/{figure}.png").stat().st_size > 1000
 

@@ -5,30 +5,37 @@ from PIL import Image
 
 from cutpaste.core.data import DatasetError
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.detector import Detector, fit_threshold, list_images, out_of_fold_scores
+from cutpaste.core.detector import Detector, fit_threshold, holdout_split, list_images
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import extract_features
 
 DENSITY = {"shrinkage": "ledoit_wolf", "l2_normalize": False}
 
 
-def test_out_of_fold_scores_leave_each_fold_out():
-    features = np.random.default_rng(0).normal(size=(40, 6))
-    scores = out_of_fold_scores(features, DENSITY, folds=4, seed=1)
-    assignment = np.random.default_rng(1).permutation(40) % 4
-    held_out = assignment == 2
-    expected = GaussianDensity(**DENSITY).fit(features[~held_out]).score_samples(features[held_out])
-    np.testing.assert_allclose(scores[held_out], expected)
+def test_holdout_split_is_a_disjoint_cover_of_the_training_images():
+    split = holdout_split(100, fraction=0.2, min_images=10, seed=3)
+    assert len(split["calibration"]) == 20 and len(split["fit"]) == 80
+    assert sorted(split["fit"] + split["calibration"]) == list(range(100))
+    assert split == holdout_split(100, fraction=0.2, min_images=10, seed=3)
+    assert len(holdout_split(30, fraction=0.1, min_images=10)["calibration"]) == 10  # the minimum wins
+    assert len(holdout_split(12, fraction=0.2, min_images=10)["calibration"]) == 6  # never more than half
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        holdout_split(100, fraction=0.8)
+    with pytest.raises(ValueError, match="at least 4"):
+        holdout_split(3)
 
 
 def test_threshold_quantile_sets_the_false_positive_rate_on_new_normals():
     rng = np.random.default_rng(0)
-    threshold = fit_threshold(rng.normal(size=(2000, 4)), DENSITY, quantile=0.9, folds=5)
-    fresh = GaussianDensity(**DENSITY).fit(rng.normal(size=(2000, 4))).score_samples(rng.normal(size=(5000, 4)))
-    assert (fresh > threshold.value).mean() == pytest.approx(0.1, abs=0.03)
+    gde = GaussianDensity(**DENSITY).fit(rng.normal(size=(2000, 4)))
+    threshold = fit_threshold(gde.score_samples(rng.normal(size=(2000, 4))), quantile=0.9)
+    fresh = gde.score_samples(rng.normal(size=(5000, 4)))
+    assert (fresh > threshold.value).mean() == pytest.approx(0.1, abs=0.02)
     assert threshold.n_images == 2000 and threshold.quantile == 0.9
     with pytest.raises(ValueError, match="quantile"):
-        fit_threshold(rng.normal(size=(20, 4)), DENSITY, quantile=1.0)
+        fit_threshold(np.arange(20.0), quantile=1.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_threshold(np.array([1.0]))
 
 
 def _detector(image_size=32):
@@ -39,7 +46,7 @@ def _detector(image_size=32):
     detector = Detector(
         category="widget", image_size=image_size, model_config={"backbone": "resnet18", "head_dims": [16]},
         state_dict=network.state_dict(), density=GaussianDensity(**DENSITY).fit(features),
-        threshold=fit_threshold(features, DENSITY, 0.9, 3), feature_batch_size=8, precision="fp32", device="cpu",
+        threshold=fit_threshold(GaussianDensity(**DENSITY).fit(features).score_samples(features), 0.9), feature_batch_size=8, precision="fp32", device="cpu",
     )
     return detector, images
 

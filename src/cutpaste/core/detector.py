@@ -1,8 +1,9 @@
 """A trained detector as one object: network weights, GDE, decision threshold, preprocessing.
 
-The threshold is fitted from normal training images only: every training image is scored by a GDE
-fitted on the *other* folds (out-of-fold scores), and the threshold is a high quantile of those
-scores. No defect and no test image is looked at.
+The threshold is fitted from normal training images only, and from images the model never learned
+from: before training, a calibration split of the normal training images is set aside (see
+:func:`holdout_split`); the network and the GDE are fitted on the rest, and the threshold is a high
+quantile of the GDE scores of the calibration images. No defect and no test image is looked at.
 """
 
 from __future__ import annotations
@@ -21,16 +22,23 @@ from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import extract_features
 
 
-def out_of_fold_scores(features: np.ndarray, density: dict, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """(N, D) normal features -> (N,) scores, each from a GDE fitted without that image's fold."""
-    count = len(features)
-    folds = max(2, min(folds, count // 2))
-    assignment = np.random.default_rng(seed).permutation(count) % folds
-    scores = np.empty(count, dtype=np.float64)
-    for fold in range(folds):
-        held_out = assignment == fold
-        scores[held_out] = GaussianDensity(**density).fit(features[~held_out]).score_samples(features[held_out])
-    return scores
+def holdout_split(count: int, fraction: float = 0.2, min_images: int = 10, seed: int = 0) -> dict[str, list[int]]:
+    """Split ``count`` normal training images into a fit set (proxy task + GDE) and a calibration set.
+
+    The calibration set has ``max(min_images, round(fraction * count))`` images, at most half of them.
+
+    Returns:
+        {"fit": sorted indices, "calibration": sorted indices}.
+    Raises:
+        ValueError: on a fraction outside (0, 0.5] or fewer than 4 images.
+    """
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"threshold holdout_fraction must be in (0, 0.5], got {fraction}")
+    if count < 4:
+        raise ValueError(f"{count} training images: at least 4 are needed to hold out a calibration split")
+    n_calibration = min(count // 2, max(int(min_images), round(fraction * count)))
+    order = np.random.default_rng(seed).permutation(count)
+    return {"fit": sorted(int(i) for i in order[n_calibration:]), "calibration": sorted(int(i) for i in order[:n_calibration])}
 
 
 @dataclass
@@ -42,14 +50,20 @@ class Threshold:
     normal_mean: float
     normal_std: float
     n_images: int
-    method: str = "out-of-fold GDE scores of the normal training images"
+    method: str = "quantile of the GDE scores of held-out normal training images (unseen by the network and the GDE)"
 
 
-def fit_threshold(features: np.ndarray, density: dict, quantile: float = 0.99, folds: int = 5, seed: int = 0) -> Threshold:
-    """Threshold = ``quantile`` of the out-of-fold scores of normal training features (N, D)."""
+def fit_threshold(calibration_scores: np.ndarray, quantile: float = 0.99) -> Threshold:
+    """Threshold = ``quantile`` of the anomaly scores of held-out normal images.
+
+    With n calibration images the empirical quantile resolves steps of 1/n: with 20 images, 0.99 sits
+    between the two highest scores.
+    """
     if not 0.5 <= quantile < 1:
         raise ValueError(f"threshold quantile must be in [0.5, 1), got {quantile}")
-    scores = out_of_fold_scores(features, density, folds, seed)
+    scores = np.asarray(calibration_scores, dtype=np.float64)
+    if scores.ndim != 1 or len(scores) < 2:
+        raise ValueError(f"need at least 2 calibration scores, got shape {scores.shape}")
     return Threshold(float(np.quantile(scores, quantile)), quantile, float(scores.mean()), float(scores.std() or 1.0), len(scores))
 
 

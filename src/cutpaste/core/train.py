@@ -6,6 +6,7 @@ images by index and augments them there, batched. No DataLoader, no per-image PI
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -102,6 +103,12 @@ def _save_atomic(state: dict, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def fingerprint(images: torch.Tensor) -> str:
+    """Shape and content hash of the training images (a checkpoint resumes only on the same images)."""
+    digest = hashlib.sha1(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return f"{tuple(images.shape)}:{digest}"
+
+
 class Trainer:
     """Trains a model on a proxy task from normal images only.
 
@@ -129,20 +136,21 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = 0
         self.history: list[dict] = []
+        self.data_fingerprint = ""
 
     def _checkpoint_state(self) -> dict:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
-            "step": self.step, "history": self.history, "config": asdict(self.config),
+            "step": self.step, "history": self.history, "config": asdict(self.config), "data": self.data_fingerprint,
         }
 
     def _try_resume(self) -> None:
         if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             return
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if state.get("config") != asdict(self.config):
-            logger.warning("%s: checkpoint was made with other settings; starting from scratch", self.checkpoint_path)
+        if state.get("config") != asdict(self.config) or state.get("data") != self.data_fingerprint:
+            logger.warning("%s: checkpoint was made with other settings or other images; starting from scratch", self.checkpoint_path)
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -180,6 +188,7 @@ class Trainer:
             History with one row per step: step, loss, accuracy, lr.
         """
         images_uint8 = images_to_tensor(images, self.device)
+        self.data_fingerprint = fingerprint(images_uint8)
         self._try_resume()
         bar = None
         if progress:

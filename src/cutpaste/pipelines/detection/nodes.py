@@ -13,7 +13,7 @@ import torch
 from cutpaste.core import data, report, synthetic
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.detector import Detector, Threshold, fit_threshold
+from cutpaste.core.detector import Detector, Threshold, fit_threshold, holdout_split
 from cutpaste.core.metrics import f1_max, image_auroc
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import TrainConfig, Trainer, extract_features
@@ -63,11 +63,25 @@ def _train_config(training: dict) -> TrainConfig:
     return TrainConfig(**{key: value for key, value in training.items() if key in fields})
 
 
-def train_model(dataset: dict, model: dict, training: dict, augment: dict) -> tuple[CutPasteNet, pd.DataFrame]:
-    """Train the proxy task on the normal training images.
+def split_training_images(dataset: dict, threshold: dict) -> dict[str, list[int]]:
+    """Set aside a calibration split of the normal training images before anything is trained.
+
+    The proxy task and the GDE see only the ``fit`` images; the threshold is fitted on the
+    ``calibration`` images, which are thus as unseen as a new normal image.
+    """
+    split = holdout_split(len(dataset["train_images"]), float(threshold["holdout_fraction"]),
+                          int(threshold.get("min_holdout", 10)), int(threshold.get("seed", 0)))
+    logger.info("%s: %d training images for the proxy task and the GDE, %d held out to calibrate the threshold",
+                dataset["category"], len(split["fit"]), len(split["calibration"]))
+    return split
+
+
+def train_model(dataset: dict, split: dict, model: dict, training: dict, augment: dict) -> tuple[CutPasteNet, pd.DataFrame]:
+    """Train the proxy task on the ``fit`` split of the normal training images.
 
     Checkpoints go to ``<training.checkpoint_dir>/<category>/<task>_seed<seed>.pt``; a restarted run
-    resumes from there. Returns the trained network and its per-step history.
+    resumes from there (same settings and same images only). Returns the trained network and its
+    per-step history.
     """
     config = _train_config(training)
     torch.manual_seed(config.seed)
@@ -79,7 +93,7 @@ def train_model(dataset: dict, model: dict, training: dict, augment: dict) -> tu
     trainer = Trainer(network, task, Preprocess(**augment.get("preprocess", {})), config, checkpoint)
     logger.info("%s: training %s for %d steps on %s (%s, %s)", dataset["category"], augment["task"], config.steps,
                 trainer.device, trainer.dtype or "fp32", "channels_last" if trainer.memory_format == torch.channels_last else "contiguous")
-    history = trainer.fit(dataset["train_images"], progress=training.get("progress", True))
+    history = trainer.fit(dataset["train_images"][split["fit"]], progress=training.get("progress", True))
     return network.cpu(), history
 
 
@@ -94,8 +108,9 @@ def extract_train_features(state_dict: dict, dataset: dict, model: dict, trainin
     return _features(state_dict, dataset["train_images"], model, training, features)
 
 
-def fit_density(train_features: np.ndarray, density: dict) -> GaussianDensity:
-    return GaussianDensity(shrinkage=density["shrinkage"], l2_normalize=density["l2_normalize"]).fit(train_features)
+def fit_density(train_features: np.ndarray, split: dict, density: dict) -> GaussianDensity:
+    """The GDE of the ``fit`` split's features (the calibration images stay unseen)."""
+    return GaussianDensity(shrinkage=density["shrinkage"], l2_normalize=density["l2_normalize"]).fit(train_features[split["fit"]])
 
 
 def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict) -> pd.DataFrame:
@@ -106,10 +121,11 @@ def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, ind
     return scores
 
 
-def calibrate_threshold(train_features: np.ndarray, density: dict, threshold: dict) -> dict:
-    """Decision threshold from normal training images only: a quantile of out-of-fold GDE scores."""
-    fitted = fit_threshold(train_features, density, quantile=float(threshold["quantile"]), folds=int(threshold["folds"]), seed=int(threshold.get("seed", 0)))
-    return dataclasses.asdict(fitted)
+def calibrate_threshold(gde: GaussianDensity, train_features: np.ndarray, split: dict, threshold: dict) -> dict:
+    """Decision threshold from normal images only: a quantile of the GDE scores of the held-out
+    calibration images, which neither the network nor the GDE has seen."""
+    scores = gde.score_samples(train_features[split["calibration"]])
+    return dataclasses.asdict(fit_threshold(scores, quantile=float(threshold["quantile"])))
 
 
 def package_detector(state_dict: dict, gde: GaussianDensity, threshold: dict, dataset: dict, model: dict, training: dict, features: dict) -> Detector:
