@@ -5,8 +5,12 @@ dense scorer could do if unfolding, chunking, GDE scoring and upsampling cost no
 the project's full score-map path (dense_features -> shared GDE -> receptive-field upsampling).
 
     python benchmarks/bench_localization.py [--size 256] [--patch 32] [--stride 4] [--images 8]
+    python benchmarks/bench_localization.py --localizer data/06_models/PA_BDP01_TL/localizer \
+        --data-root ../shared/data/piped --category PA_BDP01_TL
 
-Goal: measured >= 70 % of the bound. Prints peak resident memory too.
+Goal: measured >= 70 % of the bound. Prints peak resident memory too. With ``--localizer`` (a
+trained one, from ``kedro run --pipelines=localization``) it also scores that category's test set in
+fp32 and in the fast precision and prints both pixel AUROCs (goal: within 0.01).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import time
 import numpy as np
 import torch
 
-from cutpaste.core.localize import LocationDensity, dense_features, grid_size, receptive_field_upsample
+from cutpaste.core.data import load_category
+from cutpaste.core.localize import Localizer, LocationDensity, dense_features, grid_size, receptive_field_upsample
+from cutpaste.core.metrics import pixel_auroc
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import resolve_device, resolve_memory_format, resolve_precision
 
@@ -38,6 +44,21 @@ def encoder_patches_per_second(model, patch: int, batch: int, precision: str) ->
     return batch / seconds
 
 
+def precision_check(folder: str, data_root: str, category: str) -> None:
+    """Pixel AUROC of one trained localizer on its category's test set, fp32 vs the auto precision."""
+    localizer = Localizer.load(folder)
+    data = load_category(data_root, category, localizer.image_size)
+    results = {}
+    for precision in ("fp32", "auto"):
+        localizer.embed_args = {**localizer.embed_args, "precision": precision}
+        start = time.perf_counter()
+        maps = localizer.score_maps(data.test_images)
+        results[precision] = (pixel_auroc(data.test_masks, maps), len(maps) / (time.perf_counter() - start))
+    for precision, (auroc, rate) in results.items():
+        print(f"{category} {precision:>5}: pixel AUROC {100 * auroc:.2f}, {rate:.2f} test images/s")
+    print(f"{category}: |pixel AUROC auto - fp32| = {abs(results['auto'][0] - results['fp32'][0]):.4f} (goal <= 0.01)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
@@ -45,6 +66,9 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=4)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--localizer", help="a trained localizer folder: also compare pixel AUROC fp32 vs fast precision")
+    parser.add_argument("--data-root")
+    parser.add_argument("--category")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = CutPasteNet(num_classes=3)
@@ -61,6 +85,8 @@ def main() -> None:
         measured = args.images / (time.perf_counter() - start)
         print(f"{precision:>5}: measured {measured:6.2f} images/s, encoder bound {bound:6.2f} images/s, "
               f"ratio {measured / bound:.2f} (goal >= 0.70); map {maps.shape[1:]}")
+    if args.localizer:
+        precision_check(args.localizer, args.data_root, args.category)
     print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
