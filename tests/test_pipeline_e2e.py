@@ -3,8 +3,8 @@
 import json
 
 import pandas as pd
-import torch
 import pytest
+import torch
 from conftest import TINY_CATEGORIES, run_kedro
 from mlflow import MlflowClient
 
