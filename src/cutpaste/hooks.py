@@ -1,7 +1,9 @@
 """Project hooks: run parameters for the pipeline registry, and MLflow tracking.
 
 MLflow layout: one parent run per ``kedro run``; one child run per namespace (category) holding
-that category's parameters, metrics (loss curve per step, image AUROC), figures and tables.
+that category's parameters, metrics (loss curve per step, image AUROC), figures and tables. The
+variants pipeline has one child run per trained model, tagged variant, category, seed (and point,
+sweep, value), so that MLflow's compare view ranks the proxy tasks.
 """
 
 from __future__ import annotations
@@ -90,6 +92,11 @@ class MlflowTrackingHook:
         logger.info("MLflow: parent run %s in experiment '%s' at %s", self.parent_run_id, self.experiment_name, self.tracking_uri)
 
     def _run_for(self, node) -> str:
+        from cutpaste.pipelines.variants.naming import child_run
+
+        variant_run = child_run(node.namespace)  # variants pipeline: one child run per (variant, category, seed)
+        if variant_run is not None:
+            return self._child(*variant_run) if variant_run[0] else self.parent_run_id
         namespace = (node.namespace or "").split(".")[0]
         if not namespace:
             return self.parent_run_id
@@ -100,6 +107,12 @@ class MlflowTrackingHook:
             )
             self.child_runs[namespace] = run.info.run_id
         return self.child_runs[namespace]
+
+    def _child(self, name: str, tags: dict[str, str]) -> str:
+        if name not in self.child_runs:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={"mlflow.parentRunId": self.parent_run_id, **tags})
+            self.child_runs[name] = run.info.run_id
+        return self.child_runs[name]
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
