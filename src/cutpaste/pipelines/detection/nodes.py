@@ -22,16 +22,23 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_raw_data(category: str, data_root: str, demo: dict) -> str:
-    """Generate the demo category when configured and absent; return the data root to read.
+    """Return the data root to read, generating the demo category first when configured.
+
+    A category folder that already exists without a demo manifest is real data and is used as it
+    is (``data_root=/path/to/mvtec`` needs no ``demo.generate=false``); demo generation only ever
+    writes the bundled demo categories.
 
     Raises:
-        data.DatasetError: when the category folder is missing and demo generation is off.
+        data.DatasetError: when the category folder is missing and cannot be generated.
     """
-    if demo.get("generate", False):
+    folder = Path(data_root) / category
+    is_real_data = folder.is_dir() and not (folder / "demo_manifest.json").is_file()
+    if demo.get("generate", False) and not is_real_data and category in synthetic.DEMO_CATEGORIES:
         settings = {key: value for key, value in demo.items() if key != "generate"}
         synthetic.ensure_demo_category(data_root, category, **settings)
-    elif not (Path(data_root) / category).is_dir():
-        raise data.DatasetError(f"{Path(data_root) / category}: category folder not found (set data_root)")
+    elif not folder.is_dir():
+        raise data.DatasetError(f"{folder}: category folder not found (set data_root; the demo data generates only "
+                                f"{', '.join(synthetic.DEMO_CATEGORIES)})")
     return str(data_root)
 
 
@@ -162,3 +169,27 @@ def evaluate_detection(scores: pd.DataFrame, threshold: dict, dataset: dict):
 
 def training_figure(history: pd.DataFrame, dataset: dict):
     return report.loss_figure(history, f"{dataset['category']}: proxy-task training")
+
+
+def tsne_figure(state_dict: dict, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict, augment: dict, tsne: dict):
+    """The paper's Figure 3 for one category: t-SNE of the features of normal training and test
+    images, anomalous test images, and normal training images after CutPaste and CutPaste-Scar
+    (at most ``tsne.max_points`` per group). Returns (figure, points table: group, x, y)."""
+    from cutpaste.core import embedding
+
+    config = embedding.TsneConfig(**{key: value for key, value in tsne.items() if key in embedding.TsneConfig.__dataclass_fields__})
+    network = load_model(state_dict, model)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return extract_features(network, images, batch_size=int(features["batch_size"]), device=training["device"],
+                                precision=training["precision"], memory_format=training["memory_format"])
+
+    labels = index.loc[index["split"] == "test", "label"].to_numpy()
+    groups = embedding.feature_groups(embed, dataset["train_images"], dataset["test_images"], labels,
+                                      build_task("cutpaste", augment.get("cutpaste"), augment.get("scar")).views[1],
+                                      build_task("scar", augment.get("cutpaste"), augment.get("scar")).views[1],
+                                      max_points=config.max_points, seed=config.seed)
+    points = embedding.tsne_points(groups, config)
+    logger.info("%s: t-SNE of %d features (%s)", dataset["category"], len(points),
+                ", ".join(f"{group} {count}" for group, count in points["group"].value_counts(sort=False).items()))
+    return embedding.tsne_figure(points, f"{dataset['category']}: t-SNE of learned features"), points

@@ -41,7 +41,18 @@ def create_category_pipeline(category: str) -> Pipeline:
         node(nodes.score_test_images, ["model", "density", "dataset", "index", "params:model", "params:training", "params:features"], "scores", name="score_test_images"),
         node(nodes.evaluate_detection, ["scores", "threshold", "dataset"], ["metrics", "roc_figure", "score_histogram"], name="evaluate"),
     ])
-    return pipeline(template, namespace=category, parameters={f"params:{name}" for name in SHARED_PARAMETERS})
+    parameters = {f"params:{name}" for name in SHARED_PARAMETERS}
+    if tsne_enabled():  # the paper's Figure 3 (parameters "tsne")
+        template += pipeline([node(nodes.tsne_figure, ["model", "dataset", "index", "params:model", "params:training", "params:features",
+                                                       "params:augment", "params:tsne"], ["tsne_figure", "tsne_points"], name="tsne")])
+        parameters.add("params:tsne")
+    return pipeline(template, namespace=category, parameters=parameters)
+
+
+def tsne_enabled(params: dict | None = None) -> bool:
+    """Whether the run's parameters ask for the t-SNE figure (``tsne.enabled``, default off when absent)."""
+    params = project_params.get_params() if params is None else params
+    return bool((params.get("tsne") or {}).get("enabled", False))
 
 
 def create_pipeline(categories: list[str] | None = None) -> Pipeline:
