@@ -108,3 +108,13 @@ def test_device_and_precision_resolution():
 def test_rejects_non_uint8_images():
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\) uint8"):
         _trainer().fit(np.zeros((4, 32, 32, 3), dtype=np.float32), progress=False)
+
+
+def test_a_model_can_still_be_trained_after_feature_extraction():
+    model = CutPasteNet(num_classes=2, head_dims=(8,))
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    extract_features(model, images, batch_size=4, device="cpu", precision="auto", memory_format="channels_last")
+    assert not any(parameter.is_inference() for parameter in model.parameters())
+    logits, _ = model.train()(torch.rand(4, 3, 32, 32))
+    logits.sum().backward()  # raises on inference tensors
+    assert model.classifier.weight.grad is not None

@@ -211,17 +211,21 @@ class Trainer:
         return pd.DataFrame(self.history, columns=["step", "loss", "accuracy", "lr"])
 
 
-@torch.inference_mode()
 def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 64, device: str = "auto", precision: str = "auto", memory_format: str = "auto") -> np.ndarray:
-    """Pooled features of (N, H, W, 3) uint8 images in eval mode -> (N, D) float32."""
+    """Pooled features of (N, H, W, 3) uint8 images in eval mode -> (N, D) float32.
+
+    The model is moved (device, memory format) outside inference mode, so its parameters stay
+    ordinary tensors and it can still be trained afterwards.
+    """
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     fmt = resolve_memory_format(memory_format, torch_device, dtype)
     model = model.to(torch_device, memory_format=fmt).eval()
-    images_uint8 = images_to_tensor(images, torch_device)
     chunks = []
-    for start in range(0, images_uint8.shape[0], batch_size):
-        batch = images_uint8[start : start + batch_size].float().div_(255.0).contiguous(memory_format=fmt)
-        with torch.autocast(device_type=torch_device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            chunks.append(model.embed(batch).float().cpu())
+    with torch.inference_mode():
+        images_uint8 = images_to_tensor(images, torch_device)
+        for start in range(0, images_uint8.shape[0], batch_size):
+            batch = images_uint8[start : start + batch_size].float().div_(255.0).contiguous(memory_format=fmt)
+            with torch.autocast(device_type=torch_device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                chunks.append(model.embed(batch).float().cpu())
     return torch.cat(chunks).numpy()
