@@ -92,7 +92,7 @@ def train_model(dataset: dict, split: dict, model: dict, training: dict, augment
     """
     config = _train_config(training)
     torch.manual_seed(config.seed)
-    task = build_task(augment["task"], augment.get("cutpaste"), augment.get("scar"))
+    task = build_task(augment["task"], augment.get("cutpaste"), augment.get("scar"), augment.get("confetti"))
     network = build_model(model, task.num_classes)
     checkpoint = None
     if training.get("checkpoint_dir"):

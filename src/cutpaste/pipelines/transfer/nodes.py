@@ -72,7 +72,7 @@ def fine_tune_model(dataset: dict, transfer: dict, augment: dict) -> tuple[CutPa
     settings = transfer["fine_tuning"]
     config = fine_tune_config(settings)
     torch.manual_seed(config.seed)
-    task = build_task(augment["task"], augment.get("cutpaste"), augment.get("scar"))
+    task = build_task(augment["task"], augment.get("cutpaste"), augment.get("scar"), augment.get("confetti"))
     network = build_network(transfer, task.num_classes)
     checkpoint_dir = None
     if settings.get("checkpoint_dir"):
