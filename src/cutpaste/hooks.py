@@ -100,13 +100,7 @@ class MlflowTrackingHook:
         namespace = (node.namespace or "").split(".")[0]
         if not namespace:
             return self.parent_run_id
-        if namespace not in self.child_runs:
-            run = self.client.create_run(
-                self.experiment_id, run_name=namespace,
-                tags={"mlflow.parentRunId": self.parent_run_id, "category": namespace},
-            )
-            self.child_runs[namespace] = run.info.run_id
-        return self.child_runs[namespace]
+        return self._child(namespace, {"category": namespace})
 
     def _child(self, name: str, tags: dict[str, str]) -> str:
         if name not in self.child_runs:

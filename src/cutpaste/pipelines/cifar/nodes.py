@@ -11,7 +11,6 @@ from cutpaste.core import cifar, report
 from cutpaste.core.density import GaussianDensity
 from cutpaste.core.metrics import image_auroc
 from cutpaste.core.study import mean_se
-from cutpaste.core.train import extract_features
 from cutpaste.pipelines.detection import nodes as detection
 
 logger = logging.getLogger(__name__)
@@ -44,10 +43,7 @@ def train_task(task: str, dataset: dict, settings: dict):
 
 
 def _features(state_dict: dict, images: np.ndarray, settings: dict) -> np.ndarray:
-    network = detection.load_model(state_dict, settings["model"])
-    training = settings["training"]
-    return extract_features(network, images, batch_size=int(settings["features"]["batch_size"]), device=training["device"],
-                            precision=training["precision"], memory_format=training["memory_format"])
+    return detection._features(state_dict, images, settings["model"], settings["training"], settings["features"])
 
 
 def score_task(task: str, state_dict: dict, dataset: dict, settings: dict) -> pd.DataFrame:
