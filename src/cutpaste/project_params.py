@@ -8,9 +8,10 @@ session (e.g. ``kedro registry list``) the base/local config is read directly.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
+
+from cutpaste.core.config import as_list
 
 _recorded: dict[str, dict[str, Any]] = {}
 
@@ -38,7 +39,7 @@ def categories(params: dict[str, Any] | None = None) -> list[str]:
     params = get_params() if params is None else params
     listed = params.get("categories")
     if isinstance(listed, str) and listed != "auto":  # --params=categories=bottle;cable (the CLI splits on commas)
-        listed = [name for name in re.split(r"[;,\s]+", listed) if name]
+        listed = as_list(listed)
     if listed and listed != "auto":
         return list(listed)
     from cutpaste.core.data import discover_categories

@@ -15,11 +15,11 @@ point, category and seed) from which the tables are built:
 from __future__ import annotations
 
 import copy
-import re
 
 import numpy as np
 import pandas as pd
 
+from cutpaste.core.config import as_list
 from cutpaste.core.metrics import image_auroc
 from cutpaste.core.report import OBJECTS, PAPER_IMAGE_AUROC_3WAY, PAPER_IMAGE_AUROC_3WAY_MEAN, TEXTURES, category_group
 
@@ -42,17 +42,6 @@ SWEEPS = {  # sweep name -> (section, key) of the setting it changes
 TABLE7_SWEEPS = ("lr", "steps")
 TABLE8_SWEEPS = ("jitter", "max_area")
 GROUPS = ("texture", "object", "all")
-
-
-def _as_list(value) -> list:
-    """A config list, or a string separated by ";" (``--params`` splits on commas)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [item for item in re.split(r"[;,\s]+", value) if item]
-    if isinstance(value, (int, float)):
-        return [value]
-    return list(value)
 
 
 def value_label(value) -> str:
@@ -97,18 +86,18 @@ def expand_grid(study: dict, training: dict, augment: dict) -> dict[str, dict]:
     from cutpaste.core.augment import TASKS
 
     base_training = {**training, **(study.get("training") or {})}
-    seeds = [int(seed) for seed in _as_list(study.get("seeds", [0]))]
+    seeds = [int(seed) for seed in as_list(study.get("seeds", [0]))]
     points: dict[str, dict] = {}
-    for variant in _as_list(study.get("variants")):
+    for variant in as_list(study.get("variants")):
         if variant not in TASKS:
             raise ValueError(f"study.variants: unknown proxy task '{variant}', expected names from {TASKS}")
         points[variant] = {"variant": variant, "sweep": None, "value": None, "seeds": seeds,
                            "training": _variant_training(study, base_training, variant), "augment": {**copy.deepcopy(augment), "task": variant}}
     sweeps = dict(study.get("sweeps") or {})
     sweep_variant = sweeps.pop("variant", "3way")
-    sweep_seeds = [int(seed) for seed in _as_list(sweeps.pop("seeds", seeds))]
+    sweep_seeds = [int(seed) for seed in as_list(sweeps.pop("seeds", seeds))]
     for sweep, values in sweeps.items():
-        for raw in _as_list(values):
+        for raw in as_list(values):
             value = float(raw) if sweep != "steps" else int(float(raw))
             point_training = _variant_training(study, base_training, sweep_variant)
             point_augment = {**copy.deepcopy(augment), "task": sweep_variant}

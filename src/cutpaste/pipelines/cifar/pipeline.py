@@ -8,13 +8,12 @@ of every task and class beside the paper's means. Settings: ``cifar`` in ``param
 
 from __future__ import annotations
 
-import re
-
 from kedro.pipeline import Pipeline, node, pipeline
 
 from cutpaste import project_params
 from cutpaste.core.augment import TASKS
 from cutpaste.core.cifar import CIFAR10_CLASSES, class_index
+from cutpaste.core.config import as_list
 from cutpaste.pipelines.cifar import nodes
 from cutpaste.pipelines.detection.pipeline import bind_category
 
@@ -25,9 +24,7 @@ def _as_list(value, default: tuple[str, ...]) -> list[str]:
     """A config list, a string separated by ";" (``--params`` splits on commas), or ``default`` for null / "all"."""
     if value is None or value == "all":
         return list(default)
-    if isinstance(value, str):
-        return [item for item in re.split(r"[;,\s]+", value) if item]
-    return [str(item) for item in value]
+    return [str(item) for item in as_list(value)]
 
 
 def settings(params: dict | None = None) -> tuple[list[str], list[str]]:
