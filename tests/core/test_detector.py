@@ -28,7 +28,7 @@ def test_holdout_split_is_a_disjoint_cover_of_the_training_images():
 def test_threshold_quantile_sets_the_false_positive_rate_on_new_normals():
     rng = np.random.default_rng(0)
     gde = GaussianDensity(**DENSITY).fit(rng.normal(size=(2000, 4)))
-    threshold = fit_threshold(gde.score_samples(rng.normal(size=(2000, 4))), quantile=0.9)
+    threshold = fit_threshold(gde.score_samples(rng.normal(size=(2000, 4))), quantile=0.9, method="empirical")
     fresh = gde.score_samples(rng.normal(size=(5000, 4)))
     assert (fresh > threshold.value).mean() == pytest.approx(0.1, abs=0.02)
     assert threshold.n_images == 2000 and threshold.quantile == 0.9
@@ -36,6 +36,26 @@ def test_threshold_quantile_sets_the_false_positive_rate_on_new_normals():
         fit_threshold(np.arange(20.0), quantile=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         fit_threshold(np.array([1.0]))
+    with pytest.raises(ValueError, match="method"):
+        fit_threshold(np.arange(1.0, 20.0), method="max")
+    with pytest.raises(ValueError, match="positive"):
+        fit_threshold(np.array([0.0, 1.0, 2.0]), method="lognormal")
+
+
+def test_lognormal_threshold_holds_its_rate_with_ten_calibration_images():
+    """With n = 10 calibration images the empirical 0.99 quantile flags ~1/(n+1) of new normals;
+    the log-normal prediction bound keeps the asked 1 %, averaged over many calibration draws."""
+    rng = np.random.default_rng(1)
+    rates = {"lognormal": [], "empirical": []}
+    for _ in range(400):
+        calibration = rng.lognormal(3.0, 0.4, size=10)
+        fresh = rng.lognormal(3.0, 0.4, size=500)
+        for method in rates:
+            rates[method].append((fresh > fit_threshold(calibration, 0.99, method).value).mean())
+    assert np.mean(rates["lognormal"]) == pytest.approx(0.01, abs=0.004)
+    assert np.mean(rates["empirical"]) > 0.05  # the highest of 10 scores: ~1/11 of new normals lie above it
+    threshold = fit_threshold(np.exp(np.linspace(1, 2, 10)), 0.99)
+    assert threshold.method == "lognormal" and threshold.value > np.exp(2)  # beyond the highest calibration score
 
 
 def _detector(image_size=32):

@@ -34,18 +34,18 @@ def test_pasted_anomaly_changes_only_masked_pixels(fill):
 
 
 def test_demo_category_is_deterministic_and_in_mvtec_layout(tmp_path):
-    settings = {"seed": 3, "crop_size": 48, "n_train": 5, "n_test_good": 3, "n_test_defect": 8}
+    settings = {"seed": 3, "crop_size": 48, "n_train": 5, "n_test_good": 3, "n_test_defect": 12}
     generate_demo_category(tmp_path / "a", "gravel", **settings)
     generate_demo_category(tmp_path / "b", "gravel", **settings)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     files_b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
-    assert files_a == files_b and len(files_a) == 5 + 3 + 8 + 8
+    assert files_a == files_b and len(files_a) == 5 + 3 + 12 + 12
     for relative in files_a:
         assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / relative)), np.asarray(Image.open(tmp_path / "b" / relative)))
     data = load_category(tmp_path / "a", "gravel", 48)
-    assert data.test_labels.sum() == 8
+    assert data.test_labels.sum() == 12
     defect_types = set(data.index["defect_type"]) - {"good"}
-    assert defect_types == {f"{shape}_{fill}" for shape in SHAPES for fill in FILLS}
+    assert defect_types == {f"{shape}_{fill}" for shape in SHAPES for fill in FILLS} | {"scratch", "crack", "stain", "hole"}
     # every defect image differs from a plain crop exactly inside its mask
     assert data.test_masks[data.test_labels == 1].any(axis=(1, 2)).all()
 
@@ -67,14 +67,50 @@ def test_unknown_demo_category(tmp_path):
         generate_demo_category(tmp_path, "bottle")
 
 
-def test_train_and_test_bands_alternate_and_never_overlap():
-    from cutpaste.core.synthetic import band_rows
+def test_demo_crops_never_share_a_pixel_and_are_the_photo_itself(tmp_path):
+    import skimage.data
 
-    train, test = band_rows(512, 128, "train"), band_rows(512, 128, "test")
-    assert train == [0, 256] and test == [128, 384]
-    train_rows = {row for top in train for row in range(top, top + 128)}
-    test_rows = {row for top in test for row in range(top, top + 128)}
-    assert not train_rows & test_rows
+    settings = {"seed": 1, "crop_size": 64, "n_train": 36, "n_test_good": 12, "n_test_defect": 16}
+    manifest = generate_demo_category(tmp_path, "grass", **settings)
+    photo = skimage.data.grass()
+    boxes = manifest["crop_boxes_top_left"]
+    assert len(boxes) == 36 + 12 + 16
+    owner = np.full(photo.shape[:2], -1)
+    for number, (name, (top, left)) in enumerate(sorted(boxes.items())):
+        region = owner[top : top + 64, left : left + 64]
+        assert region.shape == (64, 64) and (region == -1).all(), f"{name} overlaps another crop"
+        region[...] = number
+        written = np.asarray(Image.open(tmp_path / "grass" / name).convert("L"))
+        if "/good/" in name:  # normal images are the photo's pixels, unchanged
+            assert np.array_equal(written, photo[top : top + 64, left : left + 64])
+
+
+def test_demo_splits_draw_tiles_from_the_whole_photo():
+    from cutpaste.core.synthetic import assign_tiles, tile_grid
+
+    tiles = tile_grid(512, 512, 64)
+    assert len(tiles) == 64 and len(set(tiles)) == 64
+    splits = assign_tiles(len(tiles), {"train": 36, "test_good": 12, "test_defect": 16}, np.random.default_rng(0))
+    assert sorted(sum(splits.values(), [])) == list(range(64))  # a partition: every tile used once
+    for numbers in splits.values():  # each split reaches both halves of the photo, rows and columns
+        rows = {tiles[n][0] for n in numbers}
+        cols = {tiles[n][1] for n in numbers}
+        assert min(rows) < 256 <= max(rows) and min(cols) < 256 <= max(cols)
+    with pytest.raises(ValueError, match="holds only 64 non-overlapping tiles"):
+        assign_tiles(len(tiles), {"train": 60, "test_good": 10}, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kind", ["scratch", "crack", "stain", "hole"])
+def test_surface_defects_change_exactly_their_mask(kind):
+    from cutpaste.core.synthetic import surface_defect
+
+    rng = np.random.default_rng(2)
+    image = np.random.default_rng(3).integers(60, 200, size=(64, 64, 3), dtype=np.uint8)
+    out, mask = surface_defect(image, rng, kind)
+    changed = (out != image).any(-1)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert np.array_equal(changed, mask.astype(bool))
+    assert 0.001 < mask.mean() < 0.12  # within the range of real inspection defects (MVTec AD: ~0.1 to 10 %)
 
 
 def test_old_layout_is_regenerated(tmp_path):
@@ -83,4 +119,4 @@ def test_old_layout_is_regenerated(tmp_path):
     manifest = tmp_path / "gravel" / "demo_manifest.json"
     manifest.write_text(json.dumps({**settings}))  # as written before the layout was recorded
     ensure_demo_category(tmp_path, "gravel", **settings)
-    assert json.loads(manifest.read_text())["layout"] == "alternating-bands"
+    assert json.loads(manifest.read_text())["layout"] == "shuffled-tiles"

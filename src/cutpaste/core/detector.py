@@ -41,6 +41,9 @@ def holdout_split(count: int, fraction: float = 0.2, min_images: int = 10, seed:
     return {"fit": sorted(int(i) for i in order[n_calibration:]), "calibration": sorted(int(i) for i in order[:n_calibration])}
 
 
+THRESHOLD_METHODS = ("lognormal", "empirical")
+
+
 @dataclass
 class Threshold:
     """Decision threshold on the anomaly score and the normal-score statistics used to normalise."""
@@ -50,21 +53,46 @@ class Threshold:
     normal_mean: float
     normal_std: float
     n_images: int
-    method: str = "quantile of the GDE scores of held-out normal training images (unseen by the network and the GDE)"
+    method: str = "lognormal"
 
 
-def fit_threshold(calibration_scores: np.ndarray, quantile: float = 0.99) -> Threshold:
-    """Threshold = ``quantile`` of the anomaly scores of held-out normal images.
+def fit_threshold(calibration_scores: np.ndarray, quantile: float = 0.99, method: str = "lognormal") -> Threshold:
+    """Threshold at the ``quantile`` of the anomaly scores of held-out normal images.
 
-    With n calibration images the empirical quantile resolves steps of 1/n: with 20 images, 0.99 sits
-    between the two highest scores.
+    ``method``:
+
+    - ``"lognormal"`` (default): the upper ``quantile`` prediction bound of a log-normal fitted to
+      the calibration scores, ``exp(m + t_{quantile, n-1} * s * sqrt(1 + 1/n))`` with m, s the mean
+      and standard deviation of the log scores. The Student-t factor accounts for the few calibration
+      images, so under the log-normal model a new normal image exceeds it with probability
+      ``1 - quantile`` for any n; it can lie above the highest calibration score.
+    - ``"empirical"``: the empirical quantile. With n calibration images it resolves steps of 1/n:
+      with 10 images, 0.99 lies between the two highest scores, and a new normal image exceeds the
+      highest of n exchangeable scores with probability 1/(n + 1) (9 % for n = 10).
+
+    Raises:
+        ValueError: a quantile outside [0.5, 1), an unknown method, fewer than 2 scores or (log-normal)
+            a score that is not positive.
     """
     if not 0.5 <= quantile < 1:
         raise ValueError(f"threshold quantile must be in [0.5, 1), got {quantile}")
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got '{method}'")
     scores = np.asarray(calibration_scores, dtype=np.float64)
     if scores.ndim != 1 or len(scores) < 2:
         raise ValueError(f"need at least 2 calibration scores, got shape {scores.shape}")
-    return Threshold(float(np.quantile(scores, quantile)), quantile, float(scores.mean()), float(scores.std() or 1.0), len(scores))
+    if method == "empirical":
+        value = float(np.quantile(scores, quantile))
+    else:
+        from scipy.stats import t as student_t
+
+        if (scores <= 0).any() or not np.isfinite(scores).all():
+            raise ValueError("a log-normal threshold needs positive finite calibration scores; use threshold.method=empirical")
+        logs = np.log(scores)
+        count = len(logs)
+        spread = float(logs.std(ddof=1)) * np.sqrt(1 + 1 / count)
+        value = float(np.exp(logs.mean() + student_t.ppf(quantile, count - 1) * spread))
+    return Threshold(value, quantile, float(scores.mean()), float(scores.std() or 1.0), len(scores), method)
 
 
 @dataclass

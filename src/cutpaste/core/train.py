@@ -37,6 +37,7 @@ class TrainConfig:
     precision: str = "auto"
     memory_format: str = "auto"
     checkpoint_every: int = 500
+    warmup_steps: int = 0  # linear lr warm-up from lr / 100 before the cosine decay (paper: none)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -109,6 +110,16 @@ def fingerprint(images: torch.Tensor) -> str:
     return f"{tuple(images.shape)}:{digest}"
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    """One cycle of cosine decay over ``steps``, after ``warmup_steps`` of linear warm-up when > 0."""
+    warmup_steps = min(max(0, int(warmup_steps)), max(0, steps - 1))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - warmup_steps))
+    if warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
 class Trainer:
     """Trains a model on a proxy task from normal images only.
 
@@ -132,7 +143,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.base_per_step = max(1, config.batch_size // task.num_classes)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, config.steps))
+        self.scheduler = make_schedule(self.optimizer, config.steps, config.warmup_steps)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = 0
         self.history: list[dict] = []

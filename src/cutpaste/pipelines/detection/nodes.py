@@ -132,7 +132,7 @@ def calibrate_threshold(gde: GaussianDensity, train_features: np.ndarray, split:
     """Decision threshold from normal images only: a quantile of the GDE scores of the held-out
     calibration images, which neither the network nor the GDE has seen."""
     scores = gde.score_samples(train_features[split["calibration"]])
-    return dataclasses.asdict(fit_threshold(scores, quantile=float(threshold["quantile"])))
+    return dataclasses.asdict(fit_threshold(scores, quantile=float(threshold["quantile"]), method=threshold.get("method", "lognormal")))
 
 
 def package_detector(state_dict: dict, gde: GaussianDensity, threshold: dict, dataset: dict, model: dict, training: dict, features: dict) -> Detector:
