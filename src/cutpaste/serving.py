@@ -154,12 +154,12 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
+        if isinstance(model_input, pd.DataFrame) and len(model_input) == 0:
+            raise self._request_error("request holds no row: send at least one record with an 'image'")
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
             raise self._request_error("request needs a column 'image' with base64-encoded image files, e.g. "
                                       '{"dataframe_records": [{"name": "part-1.png", "image": "<base64>"}]}')
         count = len(model_input)
-        if count == 0:
-            raise self._request_error("request holds no row: send at least one record with an 'image'")
         if count > self.limits.max_images:
             raise self._request_error(f"request holds {count} images, over this server's limit of {self.limits.max_images} images per request "
                                       f"(max_images, environment variable {ENV_MAX_IMAGES}); split it into smaller requests")
