@@ -65,8 +65,8 @@ def test_logged_pyfunc_model_loads_and_scores_like_the_detector(trained_project)
     request = pd.DataFrame({"name": [f.name for f in files], "image": [encode_image_file(f) for f in files]})
     served = model.predict(request)
     expected = Detector.load(trained_project / "data/06_models/gravel/detector").score_files(files, progress=False)
-    assert served["name"].tolist() == [f.name for f in files]
-    pd.testing.assert_series_equal(served["score"], expected["score"], check_names=False, rtol=1e-6)
+    assert served["name"].tolist() == [f.name for f in files] and (served["error"] == "").all()
+    pd.testing.assert_series_equal(served["score"].astype(float), expected["score"], check_names=False, rtol=1e-6)
     assert served["decision"].tolist() == expected["decision"].tolist()
 
 
@@ -96,7 +96,8 @@ def test_served_model_answers_and_survives_a_bad_image(trained_project, tmp_path
         assert predictions["decision"].tolist() == expected["decision"].tolist()
 
         status, answer = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": [{"name": "scan-17.png", "image": "bm90IGFuIGltYWdl"}]})
-        assert status == 400 and "scan-17.png: not a readable image" in answer["message"]
+        assert status == 200 and answer["predictions"][0]["score"] is None
+        assert "row 0 (scan-17.png): not a readable image" in answer["predictions"][0]["error"]
 
         status, _ = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records[:1]})
         assert status == 200  # still serving

@@ -9,6 +9,7 @@ quantile of the GDE scores of the calibration images. No defect and no test imag
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,11 @@ import torch
 from cutpaste.core.data import IMAGE_SUFFIXES, DatasetError, load_image, to_rgb_array
 from cutpaste.core.density import GaussianDensity
 from cutpaste.core.models import CutPasteNet
-from cutpaste.core.train import extract_features
+from cutpaste.core.train import InferenceSetup, embed_images, prepare_for_inference
+
+# Serialises building and preparing networks (rare, at load time); a module-level lock keeps Detector
+# picklable and deep-copyable (Kedro copies node outputs).
+_PREPARE_LOCK = threading.Lock()
 
 
 def holdout_split(count: int, fraction: float = 0.2, min_images: int = 10, seed: int = 0) -> dict[str, list[int]]:
@@ -112,22 +117,40 @@ class Detector:
     feature_batch_size: int = 64
     precision: str = "auto"
     device: str = "auto"
-    _network: CutPasteNet | None = field(default=None, repr=False, compare=False)
+    _prepared: tuple[CutPasteNet, InferenceSetup] | None = field(default=None, repr=False, compare=False)
+
+    def prepare(self) -> tuple[CutPasteNet, InferenceSetup]:
+        """Build the network and put it on its device, memory format and eval mode, once.
+
+        Thread-safe and idempotent. A served detector is shared by the server's request threads:
+        building it lazily from each thread, or moving/converting it per call (``Module.to`` rewrites
+        every parameter while another thread's convolution reads it), crashed a fresh server with a
+        segmentation fault. So the network is built and converted once, under a lock, and published
+        only when final; after that, scoring only reads it (:func:`~cutpaste.core.train.embed_images`).
+        """
+        prepared = self._prepared
+        if prepared is None:
+            with _PREPARE_LOCK:
+                prepared = self._prepared
+                if prepared is None:
+                    num_classes = int(self.state_dict["classifier.weight"].shape[0])
+                    network = CutPasteNet(num_classes, tuple(self.model_config["head_dims"]), self.model_config["backbone"])
+                    network.load_state_dict(self.state_dict)
+                    setup = prepare_for_inference(network, self.device, self.precision)
+                    prepared = self._prepared = (network, setup)
+        return prepared
 
     @property
     def network(self) -> CutPasteNet:
-        if self._network is None:
-            num_classes = int(self.state_dict["classifier.weight"].shape[0])
-            network = CutPasteNet(num_classes, tuple(self.model_config["head_dims"]), self.model_config["backbone"])
-            network.load_state_dict(self.state_dict)
-            self._network = network.eval()
-        return self._network
+        """The network, prepared for inference (see :meth:`prepare`)."""
+        return self.prepare()[0]
 
     def score_arrays(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N,) anomaly scores."""
         if len(images) == 0:
             return np.zeros(0)
-        features = extract_features(self.network, images, self.feature_batch_size, self.device, self.precision)
+        network, setup = self.prepare()
+        features = embed_images(network, images, setup, self.feature_batch_size)
         return self.density.score_samples(features)
 
     def decide(self, scores: np.ndarray) -> pd.DataFrame:

@@ -222,21 +222,49 @@ class Trainer:
         return pd.DataFrame(self.history, columns=["step", "loss", "accuracy", "lr"])
 
 
-def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 64, device: str = "auto", precision: str = "auto", memory_format: str = "auto") -> np.ndarray:
-    """Pooled features of (N, H, W, 3) uint8 images in eval mode -> (N, D) float32.
+@dataclass(frozen=True)
+class InferenceSetup:
+    """Where and how a prepared model runs: device, autocast dtype (None = fp32), memory format."""
 
-    The model is moved (device, memory format) outside inference mode, so its parameters stay
-    ordinary tensors and it can still be trained afterwards.
+    device: torch.device
+    dtype: torch.dtype | None
+    memory_format: torch.memory_format
+
+
+def prepare_for_inference(model: nn.Module, device: str = "auto", precision: str = "auto", memory_format: str = "auto") -> InferenceSetup:
+    """Move ``model`` (in place) to its device and memory format and put it in eval mode.
+
+    Done outside inference mode, so the parameters stay ordinary tensors and the model can still be
+    trained afterwards. ``Module.to`` rewrites every parameter's ``.data``: it must never run while
+    another thread runs the model (see :meth:`cutpaste.core.detector.Detector.prepare`).
     """
     torch_device = resolve_device(device)
     dtype = resolve_precision(precision, torch_device)
     fmt = resolve_memory_format(memory_format, torch_device, dtype)
-    model = model.to(torch_device, memory_format=fmt).eval()
+    model.to(torch_device, memory_format=fmt).eval()
+    return InferenceSetup(torch_device, dtype, fmt)
+
+
+def embed_images(model: nn.Module, images: np.ndarray | torch.Tensor, setup: InferenceSetup, batch_size: int = 64) -> np.ndarray:
+    """Pooled features of (N, H, W, 3) uint8 images -> (N, D) float32, with a model already prepared
+    by :func:`prepare_for_inference`. Reads the model only (no move, no conversion, no mode change),
+    so threads may share one prepared model."""
     chunks = []
     with torch.inference_mode():
-        images_uint8 = images_to_tensor(images, torch_device)
+        images_uint8 = images_to_tensor(images, setup.device)
         for start in range(0, images_uint8.shape[0], batch_size):
-            batch = images_uint8[start : start + batch_size].float().div_(255.0).contiguous(memory_format=fmt)
-            with torch.autocast(device_type=torch_device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            batch = images_uint8[start : start + batch_size].float().div_(255.0).contiguous(memory_format=setup.memory_format)
+            with torch.autocast(device_type=setup.device.type, dtype=setup.dtype or torch.float32, enabled=setup.dtype is not None):
                 chunks.append(model.embed(batch).float().cpu())
     return torch.cat(chunks).numpy()
+
+
+def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 64, device: str = "auto", precision: str = "auto", memory_format: str = "auto") -> np.ndarray:
+    """Pooled features of (N, H, W, 3) uint8 images in eval mode -> (N, D) float32.
+
+    The model is moved (device, memory format) first, outside inference mode, so its parameters stay
+    ordinary tensors and it can still be trained afterwards. Not for a model shared by threads:
+    prepare it once with :func:`prepare_for_inference` and call :func:`embed_images`.
+    """
+    setup = prepare_for_inference(model, device, precision, memory_format)
+    return embed_images(model, images, setup, batch_size)
