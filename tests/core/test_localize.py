@@ -67,11 +67,57 @@ def _grid_features(count, seed):
 
 
 def test_per_location_density_matches_a_gde_per_location():
+    """The low-rank + isotropic form is exact at full rank: it equals scikit-learn's Ledoit-Wolf GDE
+    (plus the same absolute floor) at every location."""
     features = _grid_features(60, 0)
-    density = LocationDensity(per_location=True, l2_normalize=False, location_chunk=3).fit(features)
     test = _grid_features(5, 1)
-    expected = GaussianDensity(l2_normalize=False).fit(features[:, 1, 0]).score_samples(test[:, 1, 0])
-    np.testing.assert_allclose(density.score_grid(test)[:, 1, 0], expected, rtol=1e-4)
+    for l2 in (False, True):
+        density = LocationDensity(per_location=True, l2_normalize=l2, location_chunk=3, storage_dtype="float32").fit(features)
+        assert density.floor_ > 0
+        for row, column in ((0, 0), (1, 0)):
+            reference = GaussianDensity(l2_normalize=l2, covariance_floor=density.floor_).fit(features[:, row, column])
+            np.testing.assert_allclose(density.score_grid(test)[:, row, column], reference.score_samples(test[:, row, column]), rtol=1e-4)
+    unfloored = LocationDensity(per_location=True, l2_normalize=False, floor_ratio=0.0, storage_dtype="float32").fit(features)
+    plain = GaussianDensity(l2_normalize=False).fit(features[:, 1, 0]).score_samples(test[:, 1, 0])
+    np.testing.assert_allclose(unfloored.score_grid(test)[:, 1, 0], plain, rtol=1e-4)
+
+
+def _constant_location_features(count, seed, background_noise):
+    """(count, 2, 2, 16): location (0, 0) is plain background (the same vector up to ``background_noise``),
+    the others vary as object patches do."""
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(99).normal(size=(2, 2, 16)) + 2.0
+    features = base + 0.3 * rng.normal(size=(count, 2, 2, 16))
+    features[:, 0, 0] = base[0, 0] + background_noise * rng.normal(size=(count, 16))
+    return features
+
+
+def test_a_constant_location_scores_moderately_and_still_flags_a_change():
+    train = _constant_location_features(40, 0, background_noise=1e-6)
+    normal = _constant_location_features(20, 1, background_noise=1e-4)  # same background, slightly different lighting/noise
+    floored = LocationDensity(per_location=True).fit(train)
+    unfloored = LocationDensity(per_location=True, floor_ratio=0.0).fit(train)
+    elsewhere = floored.score_grid(normal)[:, 1:, :].reshape(-1)
+    background = floored.score_grid(normal)[:, 0, 0]
+    assert np.isfinite(background).all() and background.max() < np.median(elsewhere)
+    # without the floor the same normal background explodes (the issue's 4e12 corners)
+    assert unfloored.score_grid(normal)[:, 0, 0].min() > 1e3 * np.median(unfloored.score_grid(normal)[:, 1:, :])
+    shifted = normal.copy()
+    shifted[:, 0, 0] += 0.3 * np.random.default_rng(2).normal(size=(20, 16))  # an object-sized change on the background
+    flagged = floored.score_grid(shifted)[:, 0, 0]
+    assert np.median(flagged) > 10 * np.median(elsewhere) and flagged.min() > 100 * background.max()
+
+
+def test_low_rank_float16_storage_stays_close_to_the_exact_density():
+    features = np.random.default_rng(0).normal(size=(40, 2, 2, 32)) * np.linspace(2, 0.1, 32) + 1.0
+    test = np.random.default_rng(1).normal(size=(30, 2, 2, 32)) * np.linspace(2, 0.1, 32) + 1.0
+    exact = LocationDensity(per_location=True, max_rank=None, storage_dtype="float32").fit(features).score_grid(test)
+    stored = LocationDensity(per_location=True, max_rank=8, storage_dtype="float16").fit(features)
+    assert stored.bases_.shape == (4, 32, 8) and stored.bases_.dtype == np.float16
+    approx = stored.score_grid(test)
+    assert np.corrcoef(exact.ravel(), approx.ravel())[0, 1] > 0.95
+    half = LocationDensity(per_location=True, max_rank=None, storage_dtype="float16").fit(features).score_grid(test)
+    np.testing.assert_allclose(half, exact, rtol=2e-2)
 
 
 def test_per_location_flags_a_pattern_that_is_normal_elsewhere():
