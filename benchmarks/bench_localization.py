@@ -66,6 +66,33 @@ def precision_check(folder: str, data_root: str, category: str) -> None:
     print(f"{category}: |pixel AUROC auto - fp32| = {abs(results['auto'][0] - results['fp32'][0]):.4f} (goal <= 0.01)")
 
 
+def storage_check(folder: str, data_root: str, category: str, holdout_fraction: float = 0.2, min_holdout: int = 10) -> None:
+    """A trained localizer's stored density against the exact one (float32, full rank) refitted on the
+    same fit split, and the raw maps against both normalisation statistics (calibration split): pixel
+    AUROC, AUPRO, map-max image AUROC on the test set. Nothing here chooses a setting."""
+    from cutpaste.core.detector import holdout_split
+    from cutpaste.core.localize import normalization_statistics
+    from cutpaste.core.metrics import aupro
+
+    stored = Localizer.load(folder)
+    data = load_category(data_root, category, stored.image_size)
+    labels = (data.test_masks.reshape(len(data.test_masks), -1).max(1) > 0).astype(int)
+    split = holdout_split(len(data.train_images), holdout_fraction, min_holdout)
+    exact_density = LocationDensity(**{**stored.density.settings(), "max_rank": None, "storage_dtype": "float32"})
+    exact_density = fit_patch_density(stored._network(), data.train_images[split["fit"]], exact_density, stored.patch_size, stored.stride, **stored.embed_args)
+    exact = Localizer(stored.state_dict, stored.model_config, exact_density, stored.image_size, stored.patch_size, stored.stride, stored.sigma, stored.embed_args)
+    for name, localizer in (("stored", stored), ("exact", exact)):
+        calibration = localizer.score_grids(data.train_images[split["calibration"]])
+        grids = localizer.score_grids(data.test_images)
+        print(f"{category} {name}: density {localizer.density.nbytes() / 1e6:.0f} MB")
+        for statistic in (None, "mean_std", "median_mad"):
+            if statistic:
+                localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, statistic)
+            maps = localizer.maps_from_grids(grids, normalized=statistic is not None)
+            print(f"  {statistic or 'raw':>10}: pixel AUROC {100 * pixel_auroc(data.test_masks, maps):5.1f}, AUPRO {100 * aupro(data.test_masks, maps):5.1f}, "
+                  f"map-max image AUROC {100 * image_auroc(labels, maps.reshape(len(maps), -1).max(1)):5.1f}")
+
+
 def aligned_check(size: int, batch: int) -> None:
     """Per-location vs shared, raw vs normalised, exact vs stored density on the synthetic aligned object."""
     data = aligned_object_dataset(size=size, n_train=40, n_test_good=10, n_test_defect=20)
@@ -90,20 +117,8 @@ def aligned_check(size: int, batch: int) -> None:
                   f"density {density.nbytes() / 1e6:.2f} MB")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--patch", type=int, default=32)
-    parser.add_argument("--stride", type=int, default=4)
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--localizer", help="a trained localizer folder: also compare pixel AUROC fp32 vs fast precision")
-    parser.add_argument("--data-root")
-    parser.add_argument("--category")
-    parser.add_argument("--aligned-size", type=int, default=64, help="synthetic aligned-object check at this size (0: skip)")
-    args = parser.parse_args()
-    if args.aligned_size:
-        aligned_check(args.aligned_size, args.batch)
+def throughput(args: argparse.Namespace) -> None:
+    """Measured dense scoring vs the encoder bound (random images, untrained encoder)."""
     torch.manual_seed(0)
     model = CutPasteNet(num_classes=3)
     images = np.random.default_rng(0).integers(0, 256, (args.images, args.size, args.size, 3), dtype=np.uint8)
@@ -119,7 +134,29 @@ def main() -> None:
         measured = args.images / (time.perf_counter() - start)
         print(f"{precision:>5}: measured {measured:6.2f} images/s, encoder bound {bound:6.2f} images/s, "
               f"ratio {measured / bound:.2f} (goal >= 0.70); map {maps.shape[1:]}")
-    if args.localizer:
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--patch", type=int, default=32)
+    parser.add_argument("--stride", type=int, default=4)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--localizer", help="a trained localizer folder: also compare pixel AUROC fp32 vs fast precision")
+    parser.add_argument("--data-root")
+    parser.add_argument("--category")
+    parser.add_argument("--storage", action="store_true", help="with --localizer: stored vs exact density, raw vs normalised maps (instead of fp32 vs fast)")
+    parser.add_argument("--aligned-size", type=int, default=64, help="synthetic aligned-object check at this size (0: skip)")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    if args.aligned_size:
+        aligned_check(args.aligned_size, args.batch)
+    if not args.skip_throughput:
+        throughput(args)
+    if args.localizer and args.storage:
+        storage_check(args.localizer, args.data_root, args.category)
+    elif args.localizer:
         precision_check(args.localizer, args.data_root, args.category)
     print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
