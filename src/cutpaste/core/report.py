@@ -178,7 +178,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
 
     Patch maps share one colour scale across rows: with ``normalized`` it reads in calibration
     spreads above the normal level (0 = the mean normal score at that location), from 0 to the
-    largest value shown (at least 3); raw maps span the 1st to 99.9th percentile of the shown maps.
+    99.9th percentile of the shown maps (at least 3; one hot spot does not wash out the others);
+    raw maps span the 1st to 99.9th percentile of the shown maps.
     GradCAM maps are scaled per image to their maximum (GradCAM has no absolute unit).
 
     Args:
@@ -186,7 +187,7 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     """
     columns = 4 if gradcam_maps is not None else 3
     if normalized:
-        patch_range = (0.0, max(3.0, float(np.max(patch_maps))))
+        patch_range = (0.0, max(3.0, float(np.percentile(patch_maps, 99.9))))
         patch_label = "patch score (normal spreads above normal)"
     else:
         patch_range = (float(np.percentile(patch_maps, 1)), float(np.percentile(patch_maps, 99.9)))
