@@ -80,3 +80,16 @@ def test_bad_arguments():
         GaussianDensity().fit(np.ones((1, 4)))
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         GaussianDensity().fit(np.ones(4))
+
+
+def test_covariance_floor_adds_an_absolute_variance_and_bounds_the_precision():
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(0)
+    features = np.ones((30, 8)) + 1e-9 * rng.normal(size=(30, 8))  # a nearly constant feature
+    floored = GaussianDensity(l2_normalize=False, covariance_floor=1e-3).fit(features)
+    np.testing.assert_allclose(floored.covariance_, LedoitWolf().fit(features).covariance_ + 1e-3 * np.eye(8), atol=1e-12)
+    assert np.linalg.eigvalsh(floored.precision_).max() <= 1e3 * (1 + 1e-9)
+    assert floored.settings()["covariance_floor"] == 1e-3 and "covariance_floor" not in GaussianDensity().settings()
+    with pytest.raises(ValueError, match="covariance_floor"):
+        GaussianDensity(covariance_floor=-1.0)

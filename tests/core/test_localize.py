@@ -67,11 +67,57 @@ def _grid_features(count, seed):
 
 
 def test_per_location_density_matches_a_gde_per_location():
+    """The low-rank + isotropic form is exact at full rank: it equals scikit-learn's Ledoit-Wolf GDE
+    (plus the same absolute floor) at every location."""
     features = _grid_features(60, 0)
-    density = LocationDensity(per_location=True, l2_normalize=False, location_chunk=3).fit(features)
     test = _grid_features(5, 1)
-    expected = GaussianDensity(l2_normalize=False).fit(features[:, 1, 0]).score_samples(test[:, 1, 0])
-    np.testing.assert_allclose(density.score_grid(test)[:, 1, 0], expected, rtol=1e-4)
+    for l2 in (False, True):
+        density = LocationDensity(per_location=True, l2_normalize=l2, location_chunk=3, storage_dtype="float32").fit(features)
+        assert density.floor_ > 0
+        for row, column in ((0, 0), (1, 0)):
+            reference = GaussianDensity(l2_normalize=l2, covariance_floor=density.floor_).fit(features[:, row, column])
+            np.testing.assert_allclose(density.score_grid(test)[:, row, column], reference.score_samples(test[:, row, column]), rtol=1e-4)
+    unfloored = LocationDensity(per_location=True, l2_normalize=False, floor_ratio=0.0, storage_dtype="float32").fit(features)
+    plain = GaussianDensity(l2_normalize=False).fit(features[:, 1, 0]).score_samples(test[:, 1, 0])
+    np.testing.assert_allclose(unfloored.score_grid(test)[:, 1, 0], plain, rtol=1e-4)
+
+
+def _constant_location_features(count, seed, background_noise):
+    """(count, 2, 2, 16): location (0, 0) is plain background (the same vector up to ``background_noise``),
+    the others vary as object patches do."""
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(99).normal(size=(2, 2, 16)) + 2.0
+    features = base + 0.3 * rng.normal(size=(count, 2, 2, 16))
+    features[:, 0, 0] = base[0, 0] + background_noise * rng.normal(size=(count, 16))
+    return features
+
+
+def test_a_constant_location_scores_moderately_and_still_flags_a_change():
+    train = _constant_location_features(40, 0, background_noise=1e-6)
+    normal = _constant_location_features(20, 1, background_noise=1e-4)  # same background, slightly different lighting/noise
+    floored = LocationDensity(per_location=True).fit(train)
+    unfloored = LocationDensity(per_location=True, floor_ratio=0.0).fit(train)
+    elsewhere = floored.score_grid(normal)[:, 1:, :].reshape(-1)
+    background = floored.score_grid(normal)[:, 0, 0]
+    assert np.isfinite(background).all() and background.max() < np.median(elsewhere)
+    # without the floor the same normal background explodes (the issue's 4e12 corners)
+    assert unfloored.score_grid(normal)[:, 0, 0].min() > 1e3 * np.median(unfloored.score_grid(normal)[:, 1:, :])
+    shifted = normal.copy()
+    shifted[:, 0, 0] += 0.3 * np.random.default_rng(2).normal(size=(20, 16))  # an object-sized change on the background
+    flagged = floored.score_grid(shifted)[:, 0, 0]
+    assert np.median(flagged) > 10 * np.median(elsewhere) and flagged.min() > 100 * background.max()
+
+
+def test_low_rank_float16_storage_stays_close_to_the_exact_density():
+    features = np.random.default_rng(0).normal(size=(40, 2, 2, 32)) * np.linspace(2, 0.1, 32) + 1.0
+    test = np.random.default_rng(1).normal(size=(30, 2, 2, 32)) * np.linspace(2, 0.1, 32) + 1.0
+    exact = LocationDensity(per_location=True, max_rank=None, storage_dtype="float32").fit(features).score_grid(test)
+    stored = LocationDensity(per_location=True, max_rank=8, storage_dtype="float16").fit(features)
+    assert stored.bases_.shape == (4, 32, 8) and stored.bases_.dtype == np.float16
+    approx = stored.score_grid(test)
+    assert np.corrcoef(exact.ravel(), approx.ravel())[0, 1] > 0.95
+    half = LocationDensity(per_location=True, max_rank=None, storage_dtype="float16").fit(features).score_grid(test)
+    np.testing.assert_allclose(half, exact, rtol=2e-2)
 
 
 def test_per_location_flags_a_pattern_that_is_normal_elsewhere():
@@ -112,3 +158,69 @@ def test_streaming_fit_and_score_match_the_all_in_memory_path():
     np.testing.assert_allclose(score_patch_grid(model, images, whole, 16, 4, images_per_chunk=2, **args), whole.score_grid(features), rtol=1e-5)
     subsampled = fit_patch_density(model, images, LocationDensity(per_location=False, max_fit_vectors=20), 16, 4, images_per_chunk=2, **args)
     assert subsampled.grid_ == 3 and np.isfinite(subsampled.shared_.precision_).all()
+
+
+def _tiny_localizer(per_location: bool, images: np.ndarray, **density_args):
+    from cutpaste.core.localize import Localizer, fit_patch_density
+
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3, head_dims=(8,)).eval()
+    args = {"batch_size": 256, "device": "cpu", "precision": "fp32"}
+    density = fit_patch_density(model, images, LocationDensity(per_location=per_location, **density_args), 16, 4, **args)
+    return Localizer(model.state_dict(), {"head_dims": [8], "backbone": "resnet18"}, density, images.shape[1], 16, 4, 4.0, args)
+
+
+def test_normalization_statistics_match_numpy_and_floor_the_scale():
+    from cutpaste.core.localize import normalization_statistics
+
+    grids = np.random.default_rng(0).gamma(2.0, size=(12, 3, 3))
+    grids[:, 0, 0] = 5.0  # a location whose calibration scores do not vary
+    center, scale = normalization_statistics(grids, "mean_std")
+    np.testing.assert_allclose(center, grids.mean(0))
+    np.testing.assert_allclose(scale.ravel()[1:], grids.std(0, ddof=1).ravel()[1:])
+    assert scale[0, 0] == pytest.approx(0.1 * np.median(grids.std(0, ddof=1)))
+    center, scale = normalization_statistics(grids, "median_mad")
+    np.testing.assert_allclose(center, np.median(grids, 0))
+    with pytest.raises(ValueError, match="statistic"):
+        normalization_statistics(grids, "zscore")
+    with pytest.raises(ValueError, match="K >= 2"):
+        normalization_statistics(grids[:1])
+
+
+@pytest.mark.parametrize("per_location", [True, False])
+def test_localizer_round_trip_keeps_maps_and_normalisation(tmp_path, per_location):
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import Localizer
+
+    data = aligned_object_dataset(size=24, n_train=8, n_test_good=1, n_test_defect=2)
+    localizer = _tiny_localizer(per_location, data["train_images"][:5])
+    with pytest.raises(ValueError, match="no calibration statistics"):
+        localizer.score_maps(data["test_images"], normalized=True)
+    localizer.calibrate(data["train_images"][5:])
+    maps = localizer.score_maps(data["test_images"])
+    localizer.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.normalized and loaded.norm_statistic == "mean_std"
+    np.testing.assert_allclose(loaded.score_maps(data["test_images"]), maps, rtol=1e-5, atol=1e-5)
+    assert not (tmp_path / "loc" / "patch_density.pkl").exists()
+    with pytest.raises(ValueError, match="localizer works at 24"):
+        loaded.score_maps(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    stored = dict(np.load(tmp_path / "loc" / "density.npz"))
+    np.savez(tmp_path / "loc" / "density.npz", **{key: value for key, value in stored.items() if key not in ("means", "shared_mean")})
+    with pytest.raises(ValueError, match="density.npz: missing arrays"):
+        Localizer.load(tmp_path / "loc")
+
+
+def test_synthetic_aligned_object_is_localized_by_a_per_location_density():
+    """A fixed object on a constant background: even an untrained encoder's per-location GDE, with
+    maps normalised from calibration images, points at the defects and ranks defective images first."""
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.metrics import image_auroc, pixel_auroc
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=6, n_test_defect=10)
+    assert data["test_masks"][:6].sum() == 0 and all(mask.sum() > 0 for mask in data["test_masks"][6:])
+    localizer = _tiny_localizer(True, data["train_images"][:16])
+    localizer.calibrate(data["train_images"][16:])
+    maps = localizer.score_maps(data["test_images"])
+    assert pixel_auroc(data["test_masks"], maps) > 0.8
+    assert image_auroc(data["test_labels"], maps.reshape(len(maps), -1).max(1)) > 0.9

@@ -40,3 +40,16 @@ def test_localization_table_has_paper_pixel_auroc_beside_ours():
     table = localization_table({"tile": values, "brick": values}).set_index("category")
     assert table.loc["tile", "paper_pixel_auroc"] == 90.5 and np.isnan(table.loc["brick", "paper_pixel_auroc"])
     assert table.loc["mean", "pixel_auroc"] == 90.0 and table.loc["mean", "aupro_0.3"] == 70.0
+
+
+def test_localization_figure_gives_every_heatmap_a_colour_bar():
+    from cutpaste.core.report import localization_figure
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((2, 16, 16), dtype=np.uint8)
+    masks[:, 4:8, 4:8] = 1
+    figure = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), rng.random((2, 16, 16)), ["a", "b"], "t")
+    labels = [axis.get_ylabel() for axis in figure.axes if axis.get_ylabel()]
+    assert len(figure.axes) == 2 * 4 + 2 * 2 and labels.count("GradCAM / its max") == 2
+    assert labels.count("patch score (normal spreads above normal)") == 2

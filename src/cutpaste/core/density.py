@@ -3,6 +3,9 @@
 score(x) = (f(x) - mu)^T Sigma^-1 (f(x) - mu): the squared Mahalanobis distance, higher = more
 anomalous. Covariance shrinkage (Ledoit-Wolf by default, from scikit-learn) keeps Sigma invertible
 when there are fewer training images than feature dimensions (MVTec has 60 in some categories).
+An optional absolute floor (``covariance_floor`` x identity, added after shrinkage) keeps the
+precision bounded where the features barely vary (constant background): Ledoit-Wolf shrinks towards
+a scaled identity whose scale is the location's own mean variance, which vanishes there.
 """
 
 from __future__ import annotations
@@ -26,15 +29,20 @@ class GaussianDensity:
         shrinkage: "ledoit_wolf", "oas", "empirical" (pseudo-inverse) or a float in [0, 1] for a fixed
             shrinkage towards a scaled identity (scikit-learn's ShrunkCovariance).
         l2_normalize: L2-normalise each feature vector before fitting and scoring.
+        covariance_floor: absolute variance added to every direction after shrinkage (units of the
+            prepared features squared); 0 keeps scikit-learn's estimate unchanged.
 
     Attributes (after ``fit``): ``mean_`` (D,), ``covariance_`` (D, D), ``precision_`` (D, D), float64.
     """
 
-    def __init__(self, shrinkage: str | float = "ledoit_wolf", l2_normalize: bool = True) -> None:
+    def __init__(self, shrinkage: str | float = "ledoit_wolf", l2_normalize: bool = True, covariance_floor: float = 0.0) -> None:
         if isinstance(shrinkage, str) and shrinkage not in SHRINKAGE_METHODS:
             raise ValueError(f"shrinkage must be one of {SHRINKAGE_METHODS} or a float, got '{shrinkage}'")
+        if not covariance_floor >= 0:
+            raise ValueError(f"covariance_floor must be >= 0, got {covariance_floor}")
         self.shrinkage = shrinkage
         self.l2_normalize = l2_normalize
+        self.covariance_floor = float(covariance_floor)
 
     def _prepare(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float64)
@@ -57,8 +65,12 @@ class GaussianDensity:
             estimator = ShrunkCovariance(shrinkage=float(self.shrinkage))
         estimator.fit(prepared)
         self.mean_ = estimator.location_
-        self.covariance_ = estimator.covariance_
-        self.precision_ = estimator.get_precision()
+        if self.covariance_floor > 0:
+            self.covariance_ = estimator.covariance_ + self.covariance_floor * np.eye(prepared.shape[1])
+            self.precision_ = np.linalg.inv(self.covariance_)
+        else:
+            self.covariance_ = estimator.covariance_
+            self.precision_ = estimator.get_precision()
         return self
 
     def score_samples(self, features: np.ndarray) -> np.ndarray:
@@ -78,7 +90,8 @@ class GaussianDensity:
         return torch.cat(out) if out else features.new_zeros(0)
 
     def settings(self) -> dict:
-        return {"shrinkage": self.shrinkage, "l2_normalize": self.l2_normalize}
+        settings = {"shrinkage": self.shrinkage, "l2_normalize": self.l2_normalize}
+        return {**settings, "covariance_floor": self.covariance_floor} if self.covariance_floor else settings
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted state as arrays (for ``np.savez``; no pickle)."""

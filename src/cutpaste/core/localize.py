@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cutpaste.core.density import GaussianDensity
+from cutpaste.core.density import GaussianDensity, l2_normalize
 from cutpaste.core.train import images_to_tensor, resolve_device, resolve_memory_format, resolve_precision
 
 
@@ -61,11 +61,20 @@ def dense_features(
 
 def fit_patch_density(model: nn.Module, images: np.ndarray, density: LocationDensity, patch_size: int, stride: int,
                       images_per_chunk: int = 8, **embed_args) -> LocationDensity:
-    """Fit ``density`` on the dense features of normal images without holding them all when it is
-    shared: each chunk of images gives a random share of its patch vectors (``max_fit_vectors`` in
-    all). A per-location density needs every vector (N G^2 D float32 in memory)."""
+    """Fit ``density`` on the dense features of normal images, embedding a chunk of images at a time.
+
+    Shared: each chunk gives a random share of its patch vectors (``max_fit_vectors`` in all).
+    Per location: every vector is needed; they are written into one preallocated (N, G, G, D)
+    float32 array (N G^2 D x 4 bytes: 51 x 3249 x 512 x 4 = 340 MB for 51 images at a 57 x 57 grid).
+    """
     if density.per_location:
-        return density.fit(dense_features(model, images, patch_size, stride, **embed_args))
+        features = None
+        for start in range(0, len(images), images_per_chunk):
+            chunk = dense_features(model, images[start : start + images_per_chunk], patch_size, stride, **embed_args)
+            if features is None:
+                features = np.empty((len(images), *chunk.shape[1:]), dtype=np.float32)
+            features[start : start + len(chunk)] = chunk
+        return density.fit(features)
     rng = np.random.default_rng(density.seed)
     per_image = max(1, -(-density.max_fit_vectors // len(images)))
     kept, grid = [], None
@@ -114,38 +123,104 @@ def receptive_field_upsample(score_grid: np.ndarray | torch.Tensor, patch_size: 
     return (weighted / coverage).squeeze(1).numpy()
 
 
+def _shrinkage_coefficient(centered: np.ndarray, shrinkage: str | float) -> float:
+    """The weight of the scaled-identity target, from scikit-learn's estimators: (N, D) centred -> [0, 1]."""
+    from sklearn.covariance import ledoit_wolf_shrinkage, oas
+
+    if shrinkage == "ledoit_wolf":
+        return float(ledoit_wolf_shrinkage(centered, assume_centered=True))
+    if shrinkage == "oas":
+        return float(oas(centered, assume_centered=True)[1])
+    if shrinkage == "empirical":
+        return 0.0
+    return float(shrinkage)
+
+
 class LocationDensity:
     """GDE over a patch grid: one shared by every location, or one per location.
 
     Shared (textures, randomly rotated objects): one Gaussian over all N x G x G training vectors
     (subsampled to ``max_fit_vectors``). Per location (aligned objects): G x G Gaussians, each over
-    the N training vectors at that location; the precision matrices take G^2 D^2 x 4 bytes
-    (3249 x 512^2 x 4 = 3.4 GB at the paper's sizes), so they are fitted and stored as float32
-    and scoring walks the grid in chunks of ``location_chunk`` locations.
+    the N training vectors at that location.
+
+    Soundness: every covariance gets an absolute floor, ``floor_ratio`` times the mean per-dimension
+    feature variance over all locations (after L2 normalisation), added to the shrunk estimate. A
+    location that barely varies across training images (plain background) then has a precision of
+    at most 1 / floor instead of 1 / (its own vanishing variance).
+
+    Storage of the per-location Gaussians, low-rank plus isotropic: the shrunk covariance of N
+    vectors is V diag(l) V^T + c I with V (D, N) the eigenvectors of the sample covariance, so it is
+    exact with rank min(N, D). Each location keeps its top ``max_rank`` eigen-directions V_r (D, r) in
+    ``storage_dtype``, the weights 1 / (l_k + c) - 1 / s (r,) and 1 / s, where s = c plus the mean of
+    the dropped eigenvalues over the D - r remaining directions (probabilistic PCA's residual; s = c
+    when nothing is dropped). Score: |z|^2 / s + sum_k w_k (v_k . z)^2 with z = f - mu. At the paper's
+    57 x 57 grid, D = 512, r = 128, float16: 3249 x 512 x 128 x 2 bytes = 426 MB (full float32
+    precision matrices: 3.4 GB).
     """
 
     def __init__(self, per_location: bool, shrinkage: str | float = "ledoit_wolf", l2_normalize: bool = True,
-                 max_fit_vectors: int = 200_000, location_chunk: int = 256, seed: int = 0) -> None:
+                 max_fit_vectors: int = 200_000, location_chunk: int = 256, seed: int = 0, floor_ratio: float = 0.1,
+                 max_rank: int | None = 128, storage_dtype: str = "float16") -> None:
+        if storage_dtype not in ("float16", "float32"):
+            raise ValueError(f"storage_dtype must be float16 or float32, got '{storage_dtype}'")
+        if not floor_ratio >= 0:
+            raise ValueError(f"floor_ratio must be >= 0, got {floor_ratio}")
+        if max_rank is not None and int(max_rank) < 1:
+            raise ValueError(f"max_rank must be >= 1 or null, got {max_rank}")
         self.per_location = per_location
         self.shrinkage = shrinkage
         self.l2_normalize = l2_normalize
         self.max_fit_vectors = max_fit_vectors
         self.location_chunk = location_chunk
         self.seed = seed
+        self.floor_ratio = float(floor_ratio)
+        self.max_rank = None if max_rank is None else int(max_rank)
+        self.storage_dtype = storage_dtype
+
+    def settings(self) -> dict:
+        """Constructor arguments (JSON-serialisable) that rebuild this density."""
+        return {"per_location": self.per_location, "shrinkage": self.shrinkage, "l2_normalize": self.l2_normalize,
+                "floor_ratio": self.floor_ratio, "max_rank": self.max_rank, "storage_dtype": self.storage_dtype,
+                "location_chunk": self.location_chunk}
+
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float64)
+        return l2_normalize(vectors) if self.l2_normalize else vectors
 
     def fit(self, features: np.ndarray) -> LocationDensity:
         """features: (N, G, G, D) float of normal training images."""
         count, grid, _, dim = features.shape
         if not self.per_location:
             return self.fit_shared(features.reshape(-1, dim), grid)
+        if count < 2:
+            raise ValueError(f"need at least 2 training images to fit a per-location Gaussian, got {count}")
         self.grid_ = grid
-        by_location = features.reshape(count, grid * grid, dim).transpose(1, 0, 2)
-        self.means_ = np.empty((grid * grid, dim), dtype=np.float32)
-        self.precisions_ = np.empty((grid * grid, dim, dim), dtype=np.float32)
-        for location, vectors in enumerate(by_location):
-            gaussian = GaussianDensity(self.shrinkage, self.l2_normalize).fit(vectors)
-            self.means_[location] = gaussian.mean_
-            self.precisions_[location] = gaussian.precision_
+        locations = grid * grid
+        by_location = features.reshape(count, locations, dim)
+        variances = np.array([self._prepare(by_location[:, location]).var(0).mean() for location in range(locations)])
+        self.floor_ = float(self.floor_ratio * variances.mean())
+        rank = min(count, dim) if self.max_rank is None else min(self.max_rank, count, dim)
+        self.means_ = np.empty((locations, dim), dtype=np.float32)
+        self.bases_ = np.zeros((locations, dim, rank), dtype=self.storage_dtype)
+        self.weights_ = np.zeros((locations, rank), dtype=np.float32)
+        self.inv_residual_ = np.empty(locations, dtype=np.float32)
+        for location in range(locations):
+            vectors = self._prepare(by_location[:, location])
+            mean = vectors.mean(0)
+            centered = vectors - mean
+            alpha = _shrinkage_coefficient(centered, self.shrinkage)
+            isotropic = alpha * float((centered**2).sum()) / (count * dim) + self.floor_
+            _, singular, right = np.linalg.svd(centered / math.sqrt(count), full_matrices=False)
+            eigen = (1 - alpha) * singular**2  # (min(N, D),) descending
+            kept = eigen[:rank]
+            residual = isotropic + (eigen[rank:].sum() / (dim - rank) if rank < dim else 0.0)
+            if residual <= 0:
+                raise ValueError(f"location {location}: covariance is singular (all training vectors equal and floor_ratio 0); "
+                                 "set localization.density.floor_ratio > 0")
+            self.means_[location] = mean
+            self.bases_[location, :, : len(kept)] = right[: len(kept)].T
+            self.weights_[location, : len(kept)] = 1.0 / (kept + isotropic) - 1.0 / residual
+            self.inv_residual_[location] = 1.0 / residual
         return self
 
     def fit_shared(self, vectors: np.ndarray, grid: int) -> LocationDensity:
@@ -153,7 +228,8 @@ class LocationDensity:
         self.grid_ = grid
         if len(vectors) > self.max_fit_vectors:
             vectors = vectors[np.random.default_rng(self.seed).choice(len(vectors), self.max_fit_vectors, replace=False)]
-        self.shared_ = GaussianDensity(self.shrinkage, self.l2_normalize).fit(vectors)
+        self.floor_ = float(self.floor_ratio * self._prepare(vectors).var(0).mean())
+        self.shared_ = GaussianDensity(self.shrinkage, self.l2_normalize, covariance_floor=self.floor_).fit(vectors)
         return self
 
     def score_grid(self, features: np.ndarray) -> np.ndarray:
@@ -170,9 +246,72 @@ class LocationDensity:
         for start in range(0, grid * grid, self.location_chunk):
             stop = min(start + self.location_chunk, grid * grid)
             centered = vectors[:, start:stop] - torch.from_numpy(self.means_[start:stop])
-            projected = torch.einsum("mld,lde->mle", centered, torch.from_numpy(self.precisions_[start:stop]))
-            scores[:, start:stop] = (projected * centered).sum(-1)
+            projected = torch.einsum("mld,ldr->mlr", centered, torch.from_numpy(self.bases_[start:stop]).float())
+            scores[:, start:stop] = ((centered**2).sum(-1) * torch.from_numpy(self.inv_residual_[start:stop])
+                                     + (projected**2 * torch.from_numpy(self.weights_[start:stop])).sum(-1))
         return scores.reshape(count, grid, grid).numpy().astype(np.float64)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as arrays (for ``np.savez``; no pickle)."""
+        if self.per_location:
+            return {"means": self.means_, "bases": self.bases_, "weights": self.weights_, "inv_residual": self.inv_residual_,
+                    "grid": np.array(self.grid_), "floor": np.array(self.floor_)}
+        return {**{f"shared_{key}": value for key, value in self.shared_.to_arrays().items()},
+                "grid": np.array(self.grid_), "floor": np.array(self.floor_)}
+
+    @classmethod
+    def from_arrays(cls, settings: dict, arrays: dict[str, np.ndarray], source: str = "density arrays") -> LocationDensity:
+        """Rebuild from :meth:`settings` and :meth:`to_arrays`; ``source`` names the file in errors."""
+        density = cls(**settings)
+        expected = ("means", "bases", "weights", "inv_residual") if density.per_location else ("shared_mean", "shared_precision")
+        missing = [key for key in expected if key not in arrays]
+        if missing:
+            hint = " (a localizer saved before the low-rank format: re-run the localization pipeline)" if "precisions" in arrays else ""
+            raise ValueError(f"{source}: missing arrays {missing}, found {sorted(arrays)}{hint}")
+        density.grid_, density.floor_ = int(arrays["grid"]), float(arrays["floor"])
+        if density.per_location:
+            density.means_, density.bases_, density.weights_, density.inv_residual_ = (
+                arrays["means"], arrays["bases"], arrays["weights"], arrays["inv_residual"])
+        else:
+            shared = {key.removeprefix("shared_"): arrays[key] for key in arrays if key.startswith("shared_")}
+            density.shared_ = GaussianDensity.from_arrays(
+                {"shrinkage": density.shrinkage, "l2_normalize": density.l2_normalize, "covariance_floor": density.floor_}, shared)
+        return density
+
+    def nbytes(self) -> int:
+        """Bytes of the fitted arrays (what :meth:`to_arrays` stores)."""
+        return int(sum(np.asarray(value).nbytes for value in self.to_arrays().values()))
+
+
+NORMALIZE_STATISTICS = ("mean_std", "median_mad")
+
+
+def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "mean_std", scale_floor_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-location centre and scale of the patch scores of normal calibration images.
+
+    Args:
+        calibration_grids: (K, G, G) patch scores of K >= 2 normal images that neither the patch model
+            nor the density saw (the calibration split of the training images).
+        statistic: "mean_std" (mean, standard deviation) or "median_mad" (median, 1.4826 x median
+            absolute deviation: robust to one odd calibration image).
+        scale_floor_ratio: each scale is at least this times the median scale over locations, so a
+            location whose calibration scores barely vary is not magnified without bound.
+    Returns:
+        center (G, G), scale (G, G), float64, scale > 0.
+    """
+    grids = np.asarray(calibration_grids, dtype=np.float64)
+    if grids.ndim != 3 or len(grids) < 2:
+        raise ValueError(f"need (K >= 2, G, G) calibration score grids, got shape {grids.shape}")
+    if statistic == "mean_std":
+        center, scale = grids.mean(0), grids.std(0, ddof=1)
+    elif statistic == "median_mad":
+        center = np.median(grids, 0)
+        scale = 1.4826 * np.median(np.abs(grids - center), 0)
+    else:
+        raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
+    floor = scale_floor_ratio * float(np.median(scale))
+    scale = np.maximum(scale, floor if floor > 0 else 1e-12)
+    return center, scale
 
 
 def gradcam(model: nn.Module, density: GaussianDensity, images: np.ndarray, batch_size: int = 16, device: str = "auto") -> np.ndarray:
@@ -213,29 +352,66 @@ def scaled(value_at_256: int, image_size: int) -> int:
 
 
 class Localizer:
-    """A trained patch model with its density and geometry: new images -> (N, S, S) score maps.
+    """A trained patch model with its density, geometry and (optionally) per-location normalisation:
+    new images -> (N, S, S) score maps.
+
+    Normalisation (:meth:`calibrate`): the patch scores at each grid location are standardised by the
+    centre and scale of the scores of normal calibration images at that location (see
+    :func:`normalization_statistics`), before upsampling. A normalised map reads "how many normal
+    spreads above the normal level", comparable across locations and images.
 
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
 
     def __init__(self, state_dict: dict, model_config: dict, density: LocationDensity, image_size: int,
-                 patch_size: int, stride: int, sigma: float, embed_args: dict) -> None:
+                 patch_size: int, stride: int, sigma: float, embed_args: dict,
+                 norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None) -> None:
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
+        self.norm_center, self.norm_scale, self.norm_statistic = norm_center, norm_scale, norm_statistic
 
-    def score_maps(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores; border pixels a
-        stride does not reach take the nearest computed value."""
+    @property
+    def normalized(self) -> bool:
+        return self.norm_center is not None
+
+    def _network(self) -> nn.Module:
         from cutpaste.core.models import CutPasteNet
 
         num_classes = int(self.state_dict["classifier.weight"].shape[0])
         network = CutPasteNet(num_classes, tuple(self.model_config["head_dims"]), self.model_config["backbone"])
         network.load_state_dict(self.state_dict)
-        grid_scores = score_patch_grid(network.eval(), images, self.density, self.patch_size, self.stride, progress=progress, **self.embed_args)
-        maps = receptive_field_upsample(grid_scores, self.patch_size, self.stride, self.sigma)
+        return network.eval()
+
+    def score_grids(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, G, G) raw patch scores (squared Mahalanobis)."""
+        if images.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(f"images are {images.shape[1:3]}, the localizer works at {self.image_size} x {self.image_size} px")
+        return score_patch_grid(self._network(), images, self.density, self.patch_size, self.stride, progress=progress, **self.embed_args)
+
+    def calibrate(self, calibration_images: np.ndarray, statistic: str = "mean_std", progress: bool = False) -> np.ndarray:
+        """Set the per-location normalisation from normal calibration images (unseen by the patch model
+        and the density); returns their (K, G, G) raw patch scores."""
+        grids = self.score_grids(calibration_images, progress=progress)
+        self.norm_center, self.norm_scale = normalization_statistics(grids, statistic)
+        self.norm_statistic = statistic
+        return grids
+
+    def maps_from_grids(self, grids: np.ndarray, normalized: bool | None = None) -> np.ndarray:
+        """(N, G, G) raw patch scores -> (N, S, S) float32 pixel maps (normalised when ``normalized``,
+        default: whenever the localizer is calibrated); border pixels a stride does not reach take
+        the nearest computed value."""
+        normalized = self.normalized if normalized is None else normalized
+        if normalized and not self.normalized:
+            raise ValueError("normalised maps asked for, but the localizer has no calibration statistics (call calibrate)")
+        grids = (grids - self.norm_center) / self.norm_scale if normalized else grids
+        maps = receptive_field_upsample(grids, self.patch_size, self.stride, self.sigma)
         pad = self.image_size - maps.shape[-1]
         return np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)
+
+    def score_maps(self, images: np.ndarray, progress: bool = False, normalized: bool | None = None) -> np.ndarray:
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores (normalised when calibrated)."""
+        return self.maps_from_grids(self.score_grids(images, progress), normalized)
 
     def save(self, folder) -> None:
         import json
@@ -244,13 +420,13 @@ class Localizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict, folder / "patch_model.pt")
-        density = self.density
-        arrays = ({"means": density.means_, "precisions": density.precisions_} if density.per_location
-                  else {f"shared_{key}": value for key, value in density.shared_.to_arrays().items()})
+        arrays = self.density.to_arrays()
+        if self.normalized:
+            arrays.update(norm_center=self.norm_center, norm_scale=self.norm_scale)
         np.savez(folder / "density.npz", **arrays)
         meta = {"model_config": self.model_config, "image_size": self.image_size, "patch_size": self.patch_size,
-                "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": density.grid_,
-                "density": {"per_location": density.per_location, "shrinkage": density.shrinkage, "l2_normalize": density.l2_normalize}}
+                "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": self.density.grid_,
+                "density": self.density.settings(), "normalization": self.norm_statistic}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -260,13 +436,14 @@ class Localizer:
 
         folder = Path(folder)
         meta = json.loads((folder / "localizer.json").read_text())
-        density = LocationDensity(**meta["density"])
-        density.grid_ = meta["grid"]
-        with np.load(folder / "density.npz") as arrays:
-            if density.per_location:
-                density.means_, density.precisions_ = arrays["means"], arrays["precisions"]
-            else:
-                shared = {key.removeprefix("shared_"): arrays[key] for key in arrays.files}
-                density.shared_ = GaussianDensity.from_arrays({"shrinkage": density.shrinkage, "l2_normalize": density.l2_normalize}, shared)
+        with np.load(folder / "density.npz") as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        density = LocationDensity.from_arrays(meta["density"], arrays, source=str(folder / "density.npz"))
+        normalization = {}
+        if meta.get("normalization"):
+            if "norm_center" not in arrays:
+                raise ValueError(f"{folder / 'density.npz'}: localizer.json says normalised ({meta['normalization']}) but norm_center/norm_scale are missing")
+            normalization = {"norm_center": arrays["norm_center"], "norm_scale": arrays["norm_scale"], "norm_statistic": meta["normalization"]}
         state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
-        return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"], meta["embed_args"])
+        return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
+                   meta["embed_args"], **normalization)

@@ -143,9 +143,12 @@ PAPER_PIXEL_AUROC_MEAN = {"texture": 96.3, "object": 95.8, "all": 96.0}
 PAPER_GRADCAM_PIXEL_AUROC_MEAN = 88.3
 LOCALIZATION_NOTE = ("All values in %. Paper: Li et al., CVPR 2021, Table 2, patch-level 3-way model "
                      f"(their GradCAM on the image-level model: {PAPER_GRADCAM_PIXEL_AUROC_MEAN} mean pixel AUROC). "
-                     "aupro_0.3: per-region overlap integrated up to FPR 0.3, normalised.")
+                     "aupro_0.3: per-region overlap integrated up to FPR 0.3, normalised. pixel_auroc, aupro_0.3 and "
+                     "image_auroc_from_map are of the maps as configured (normalised per location from the calibration "
+                     "images when localization.normalize); *_raw: of the unnormalised maps.")
 LOCALIZATION_COLUMNS = {
     "pixel_auroc": "pixel_auroc", "aupro": "aupro_0.3", "image_auroc_from_map": "image_auroc_from_map",
+    "pixel_auroc_raw": "pixel_auroc_raw", "image_auroc_from_raw_map": "image_auroc_from_raw_map",
     "gradcam_pixel_auroc": "gradcam_pixel_auroc",
 }
 
@@ -153,7 +156,8 @@ LOCALIZATION_COLUMNS = {
 def localization_table(metrics: dict[str, dict]) -> pd.DataFrame:
     """The paper's Table 2 with our columns: per category and mean, in %."""
     rows = _category_rows(metrics, LOCALIZATION_COLUMNS, "paper_pixel_auroc", PAPER_PIXEL_AUROC, "density")
-    columns = ["category", "group", "density", "pixel_auroc", "paper_pixel_auroc", "aupro_0.3", "image_auroc_from_map", "gradcam_pixel_auroc"]
+    columns = ["category", "group", "density", "pixel_auroc", "paper_pixel_auroc", "aupro_0.3", "image_auroc_from_map",
+               "pixel_auroc_raw", "image_auroc_from_raw_map", "gradcam_pixel_auroc"]
     table = pd.DataFrame(rows)[columns]
     complete = set(table["category"]) == set(PAPER_PIXEL_AUROC)
     mean = {"category": "mean", "group": "all", "density": "", "paper_pixel_auroc": PAPER_PIXEL_AUROC_MEAN["all"] if complete else np.nan}
@@ -167,26 +171,44 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask.astype(bool) & ~ndimage.binary_erosion(mask.astype(bool))
 
 
-def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.ndarray, gradcam_maps: np.ndarray | None, names: list[str], title: str) -> plt.Figure:
-    """The paper's Figure 4: per image, input / ground-truth outline / GradCAM / patch-model heatmap.
+def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.ndarray, gradcam_maps: np.ndarray | None, names: list[str],
+                        title: str, normalized: bool = True) -> plt.Figure:
+    """The paper's Figure 4: per image, input / ground-truth outline / GradCAM / patch-model heatmap,
+    each heatmap with a colour bar.
+
+    Patch maps share one colour scale across rows: with ``normalized`` it reads in calibration
+    spreads above the normal level (0 = the mean normal score at that location), from 0 to the
+    99.9th percentile of the shown maps (at least 3; one hot spot does not wash out the others);
+    raw maps span the 1st to 99.9th percentile of the shown maps.
+    GradCAM maps are scaled per image to their maximum (GradCAM has no absolute unit).
 
     Args:
         images: (K, S, S, 3) uint8; masks (K, S, S); patch_maps and gradcam_maps (K, S, S).
     """
     columns = 4 if gradcam_maps is not None else 3
-    figure, axes = plt.subplots(len(images), columns, figsize=(2.4 * columns, 2.4 * len(images)), squeeze=False)
+    if normalized:
+        patch_range = (0.0, max(3.0, float(np.percentile(patch_maps, 99.9))))
+        patch_label = "patch score (normal spreads above normal)"
+    else:
+        patch_range = (float(np.percentile(patch_maps, 1)), float(np.percentile(patch_maps, 99.9)))
+        patch_label = "patch score (raw Mahalanobis$^2$)"
+    figure, axes = plt.subplots(len(images), columns, figsize=(2.7 * columns, 2.4 * len(images)), squeeze=False)
     for row, image in enumerate(images):
         overlay = image.copy()
         overlay[_outline(masks[row])] = (255, 0, 0)
-        panels = [(image, None, names[row]), (overlay, None, "ground truth")]
+        panels = [(image, None, names[row], None, None), (overlay, None, "ground truth", None, None)]
         if gradcam_maps is not None:
-            panels.append((image, gradcam_maps[row], "GradCAM (image model)"))
-        panels.append((image, patch_maps[row], "patch model"))
-        for column, (picture, heat, label) in enumerate(panels):
+            cam = gradcam_maps[row] / max(float(gradcam_maps[row].max()), 1e-12)
+            panels.append((image, cam, "GradCAM (image model)", (0.0, 1.0), "GradCAM / its max"))
+        panels.append((image, patch_maps[row], "patch model" + (" (normalised)" if normalized else ""), patch_range, patch_label))
+        for column, (picture, heat, label, value_range, bar_label) in enumerate(panels):
             axis = axes[row, column]
             axis.imshow(picture)
             if heat is not None:
-                axis.imshow(heat, cmap="jet", alpha=0.45)
+                shown = axis.imshow(heat, cmap="jet", alpha=0.45, vmin=value_range[0], vmax=value_range[1])
+                bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+                bar.ax.tick_params(labelsize=6)
+                bar.set_label(bar_label, fontsize=6)
             axis.set_title(label, fontsize=8)
             axis.axis("off")
     figure.suptitle(title)

@@ -15,6 +15,7 @@ from cutpaste.core.localize import LocationDensity, gradcam, grid_size, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
 from cutpaste.core.train import Trainer
 from cutpaste.pipelines.detection.nodes import _train_config, build_model, load_model
+from cutpaste.pipelines.detection.nodes import split_training_images as _split_training_images
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,15 @@ def _sizes(localization: dict, image_size: int) -> dict:
     return sizes
 
 
-def train_patch_model(dataset: dict, model: dict, localization: dict, augment: dict):
-    """Train the 3-way task on random patches (crop first, then CutPaste inside the patch)."""
+def split_training_images(dataset: dict, threshold: dict) -> dict[str, list[int]]:
+    """The calibration split of the normal training images (``threshold`` settings, as the detection
+    pipeline): the patch model and its density see only ``fit``; ``calibration`` normalises the maps."""
+    return _split_training_images(dataset, threshold)
+
+
+def train_patch_model(dataset: dict, split: dict, model: dict, localization: dict, augment: dict):
+    """Train the 3-way task on random patches (crop first, then CutPaste inside the patch) of the
+    ``fit`` split of the normal training images."""
     sizes = _sizes(localization, dataset["image_size"])
     config = _train_config(localization["training"])
     torch.manual_seed(config.seed)
@@ -45,7 +53,7 @@ def train_patch_model(dataset: dict, model: dict, localization: dict, augment: d
 
         checkpoint = Path(localization["training"]["checkpoint_dir"]) / dataset["category"] / f"patch_{augment['task']}_seed{config.seed}.pt"
     logger.info("%s: patch model on %d px crops of %d px images, %d steps", dataset["category"], sizes["train_patch_size"], dataset["image_size"], config.steps)
-    history = Trainer(network, task, preprocess, config, checkpoint).fit(dataset["train_images"], progress=localization["training"].get("progress", True))
+    history = Trainer(network, task, preprocess, config, checkpoint).fit(dataset["train_images"][split["fit"]], progress=localization["training"].get("progress", True))
     return network.cpu(), history
 
 
@@ -59,26 +67,41 @@ def _per_location(category: str, localization: dict) -> bool:
     return category in set(localization.get("per_location_categories") or [])
 
 
-def fit_patch_density(state_dict: dict, dataset: dict, model: dict, localization: dict, density: dict) -> LocationDensity:
-    """One GDE per grid location (aligned objects) or one shared by all locations."""
+def _location_density(category: str, localization: dict, density: dict) -> LocationDensity:
+    storage = localization.get("density") or {}
+    return LocationDensity(_per_location(category, localization), density["shrinkage"], density["l2_normalize"],
+                           floor_ratio=float(storage.get("floor_ratio", 0.1)), max_rank=storage.get("max_rank", 128),
+                           storage_dtype=str(storage.get("storage_dtype", "float16")))
+
+
+def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, localization: dict, density: dict) -> localize.Localizer:
+    """Patch model + density + geometry (+ normalisation), the one stored copy of the patch density.
+
+    The density (one GDE per grid location for aligned objects, one shared otherwise) is fitted on
+    the ``fit`` split of the normal training images; with ``localization.normalize`` the per-location
+    normalisation statistics come from the ``calibration`` split alone (no test image is read).
+    """
     sizes = _sizes(localization, dataset["image_size"])
-    location_density = LocationDensity(_per_location(dataset["category"], localization), density["shrinkage"], density["l2_normalize"])
-    logger.info("%s: fitting a %s GDE on %dx%d patch grids", dataset["category"], "per-location" if location_density.per_location else "shared", sizes["grid"], sizes["grid"])
-    return localize.fit_patch_density(load_model(state_dict, model), dataset["train_images"], location_density,
-                                      sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
+    location_density = _location_density(dataset["category"], localization, density)
+    logger.info("%s: fitting a %s GDE on %dx%d patch grids of %d images", dataset["category"],
+                "per-location" if location_density.per_location else "shared", sizes["grid"], sizes["grid"], len(split["fit"]))
+    fitted = localize.fit_patch_density(load_model(state_dict, model), dataset["train_images"][split["fit"]], location_density,
+                                        sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
+    localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
+                                   sizes["stride"], sizes["sigma"], _embed_args(localization))
+    if localization.get("normalize", True):
+        statistic = str(localization.get("normalize_statistic", "mean_std"))
+        logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
+        localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
+    logger.info("%s: patch density %.1f MB", dataset["category"], fitted.nbytes() / 1e6)
+    return localizer
 
 
-def score_maps(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> np.ndarray:
-    """(N_test, S, S) float32 pixel anomaly scores: patch scores upsampled through the receptive field."""
-    localizer = package_localizer(state_dict, patch_density, dataset, model, localization)
-    return localizer.score_maps(dataset["test_images"], progress=localization["training"].get("progress", True))
-
-
-def package_localizer(state_dict: dict, patch_density: LocationDensity, dataset: dict, model: dict, localization: dict) -> localize.Localizer:
-    """Patch model + density + geometry, for scoring new images (the inference pipeline's heatmaps)."""
-    sizes = _sizes(localization, dataset["image_size"])
-    return localize.Localizer(state_dict, dict(model), patch_density, dataset["image_size"], sizes["extract_patch_size"],
-                              sizes["stride"], sizes["sigma"], _embed_args(localization))
+def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(N_test, S, S) float32 pixel anomaly scores, twice: the localizer's maps (normalised when it is
+    calibrated) and the raw maps (squared Mahalanobis distances), from one pass of dense scoring."""
+    grids = localizer.score_grids(dataset["test_images"], progress=localization["training"].get("progress", True))
+    return localizer.maps_from_grids(grids), localizer.maps_from_grids(grids, normalized=False)
 
 
 def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, dataset: dict, model: dict, training: dict) -> np.ndarray:
@@ -88,21 +111,28 @@ def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, da
     return resized[:, 0].numpy()
 
 
-def evaluate_localization(maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame, localization: dict):
-    """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, GradCAM pixel AUROC; Figure 4."""
+def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame, localization: dict):
+    """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, of the maps and of the raw
+    (unnormalised) maps; GradCAM pixel AUROC; Figure 4 with the maps and colour bars."""
     masks = dataset["test_masks"]
     labels = index.loc[index["split"] == "test", "label"].to_numpy()
+    normalized = bool(localization.get("normalize", True))
     metrics = {
         "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
         "image_auroc_from_map": image_auroc(labels, maps.reshape(len(maps), -1).max(1)),
+        "pixel_auroc_raw": pixel_auroc(masks, raw_maps), "aupro_raw": aupro(masks, raw_maps),
+        "image_auroc_from_raw_map": image_auroc(labels, raw_maps.reshape(len(raw_maps), -1).max(1)),
         "gradcam_pixel_auroc": pixel_auroc(masks, cams),
+        "gradcam_image_auroc_from_map": image_auroc(labels, cams.reshape(len(cams), -1).max(1)),
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
+        "maps": "normalised" if normalized else "raw",
     }
     logger.info("%s: pixel AUROC %.4f (GradCAM %.4f), AUPRO %.4f", dataset["category"], metrics["pixel_auroc"], metrics["gradcam_pixel_auroc"], metrics["aupro"])
     defective = np.flatnonzero(labels)
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
-    figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names, f"{dataset['category']}: localization")
+    figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
+                                        f"{dataset['category']}: localization", normalized=normalized)
     return metrics, figure
 
 

@@ -14,24 +14,22 @@ from cutpaste.pipelines.detection import nodes as detection_nodes
 from cutpaste.pipelines.detection.pipeline import bind_category
 from cutpaste.pipelines.localization import nodes
 
-LOCALIZATION_PARAMETERS = ("model", "training", "augment", "density", "localization", "localization_ingest")
+LOCALIZATION_PARAMETERS = ("model", "training", "augment", "density", "localization", "localization_ingest", "threshold")
 
 
 def create_category_pipeline(category: str) -> Pipeline:
     template = pipeline([
         node(bind_category(detection_nodes.ingest_category, category), ["raw_data_root", "params:localization_ingest"],
              ["localization_dataset", "localization_index"], name="ingest_localization"),
-        node(nodes.train_patch_model, ["localization_dataset", "params:model", "params:localization", "params:augment"],
+        node(nodes.split_training_images, ["localization_dataset", "params:threshold"], "localization_split", name="split_localization_images"),
+        node(nodes.train_patch_model, ["localization_dataset", "localization_split", "params:model", "params:localization", "params:augment"],
              ["patch_model", "patch_training_history"], name="train_patch_model"),
-        node(nodes.fit_patch_density, ["patch_model", "localization_dataset", "params:model", "params:localization", "params:density"],
-             "patch_density", name="fit_patch_density"),
-        node(nodes.score_maps, ["patch_model", "patch_density", "localization_dataset", "params:model", "params:localization"],
-             "score_maps", name="score_maps"),
-        node(nodes.package_localizer, ["patch_model", "patch_density", "localization_dataset", "params:model", "params:localization"],
-             "localizer", name="package_localizer"),
+        node(nodes.fit_localizer, ["patch_model", "localization_dataset", "localization_split", "params:model", "params:localization",
+                                   "params:density"], "localizer", name="fit_localizer"),
+        node(nodes.score_maps, ["localizer", "localization_dataset", "params:localization"], ["score_maps", "raw_score_maps"], name="score_maps"),
         node(nodes.gradcam_maps, ["model", "density", "dataset", "localization_dataset", "params:model", "params:training"],
              "gradcam_maps", name="gradcam_maps"),
-        node(nodes.evaluate_localization, ["score_maps", "gradcam_maps", "localization_dataset", "localization_index", "params:localization"],
+        node(nodes.evaluate_localization, ["score_maps", "raw_score_maps", "gradcam_maps", "localization_dataset", "localization_index", "params:localization"],
              ["localization_metrics", "localization_figure"], name="evaluate_localization"),
     ])
     return pipeline(template, namespace=category, parameters={f"params:{name}" for name in LOCALIZATION_PARAMETERS})

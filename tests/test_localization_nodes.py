@@ -1,0 +1,59 @@
+"""The localization nodes: the patch density sees the fit split, the normalisation the calibration split only."""
+
+import numpy as np
+import torch
+
+from cutpaste.core.aligned import aligned_object_dataset
+from cutpaste.core.localize import normalization_statistics
+from cutpaste.core.models import CutPasteNet
+from cutpaste.pipelines.localization import nodes
+
+LOCALIZATION = {
+    "train_patch_size": 128, "extract_patch_size": 128, "stride": 64, "sigma": 8.0, "batch_size": 256,
+    "per_location_categories": ["aligned"], "normalize": True, "normalize_statistic": "mean_std",
+    "density": {"floor_ratio": 0.1, "max_rank": 128, "storage_dtype": "float16"},
+    "training": {"device": "cpu", "precision": "fp32", "memory_format": "auto", "progress": False},
+}
+MODEL = {"backbone": "resnet18", "head_dims": [8]}
+DENSITY = {"shrinkage": "ledoit_wolf", "l2_normalize": True}
+
+
+def _dataset():
+    data = aligned_object_dataset(size=32, n_train=14, n_test_good=2, n_test_defect=3)
+    return {"category": "aligned", "image_size": 32, **{key: data[key] for key in ("train_images", "test_images", "test_masks")}}
+
+
+def test_normalisation_statistics_come_from_the_calibration_images_alone():
+    torch.manual_seed(0)
+    state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    assert len(split["calibration"]) == 5 and not set(split["fit"]) & set(split["calibration"])
+    localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, LOCALIZATION, DENSITY)
+    assert localizer.density.per_location and localizer.density.grid_ == 3
+    reference = normalization_statistics(localizer.score_grids(dataset["train_images"][split["calibration"]]))
+    np.testing.assert_allclose(localizer.norm_center, reference[0], rtol=1e-6)
+    np.testing.assert_allclose(localizer.norm_scale, reference[1], rtol=1e-6)
+
+    changed = {**dataset, "test_images": 255 - dataset["test_images"], "test_masks": 1 - dataset["test_masks"]}
+    again = nodes.fit_localizer(state_dict, changed, split, MODEL, LOCALIZATION, DENSITY)
+    np.testing.assert_array_equal(again.norm_center, localizer.norm_center)
+    np.testing.assert_array_equal(again.density.means_, localizer.density.means_)
+
+    # a calibration image does change them, a fit image changes the density
+    for index, attribute in ((split["calibration"][0], "norm_center"), (split["fit"][0], None)):
+        images = dataset["train_images"].copy()
+        images[index] = 255 - images[index]
+        other = nodes.fit_localizer(state_dict, {**dataset, "train_images": images}, split, MODEL, LOCALIZATION, DENSITY)
+        if attribute:
+            np.testing.assert_array_equal(other.density.means_, localizer.density.means_)
+            assert not np.allclose(other.norm_center, localizer.norm_center)
+        else:
+            assert not np.allclose(other.density.means_, localizer.density.means_)
+
+    maps, raw = nodes.score_maps(localizer, dataset, LOCALIZATION)
+    assert maps.shape == raw.shape == (5, 32, 32)
+    np.testing.assert_allclose(raw, localizer.score_maps(dataset["test_images"], normalized=False), rtol=1e-5)
+    assert not np.allclose(maps, raw)
+    off = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**LOCALIZATION, "normalize": False}, DENSITY)
+    assert not off.normalized
