@@ -218,6 +218,7 @@ def main() -> None:
 
 def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -231,6 +232,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     axes[0].set_xlabel("training wall time per category (min)")
     axes[1].set_xlabel("training steps")
     axes[1].set_xscale("log")
+    axes[1].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[1].xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlapped the major ones
     for axis in axes:
         axis.set_ylabel("image AUROC (%)")
         axis.grid(alpha=0.3)
