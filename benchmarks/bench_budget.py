@@ -224,11 +224,11 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (category, setting), group in table.groupby(["category", table["setting"].fillna("")], sort=False):
-        group = group.sort_values("train_s")
+    for (category, setting), rows in table.groupby(["category", table["setting"].fillna("")], sort=False):
+        curve = rows.sort_values("train_s")
         label = f"{category} {setting}".strip()
-        axes[0].plot(group["train_s"] / 60, 100 * group["image_auroc"], marker="o", label=label)
-        axes[1].plot(group["steps"], 100 * group["image_auroc"], marker="o", label=label)
+        axes[0].plot(curve["train_s"] / 60, 100 * curve["image_auroc"], marker="o", label=label)
+        axes[1].plot(curve["steps"], 100 * curve["image_auroc"], marker="o", label=label)
     axes[0].set_xlabel("training wall time per category (min)")
     axes[1].set_xlabel("training steps")
     axes[1].set_xscale("log")

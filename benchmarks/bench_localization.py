@@ -28,9 +28,16 @@ import time
 import numpy as np
 import torch
 
-from cutpaste.core.data import load_category
 from cutpaste.core.aligned import aligned_object_dataset
-from cutpaste.core.localize import Localizer, LocationDensity, dense_features, fit_patch_density, grid_size, receptive_field_upsample
+from cutpaste.core.data import load_category
+from cutpaste.core.localize import (
+    Localizer,
+    LocationDensity,
+    dense_features,
+    fit_patch_density,
+    grid_size,
+    receptive_field_upsample,
+)
 from cutpaste.core.metrics import image_auroc, pixel_auroc
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import resolve_device, resolve_memory_format, resolve_precision

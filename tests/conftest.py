@@ -27,7 +27,7 @@ def run_kedro(project: Path, env: str = "test", runtime_params: dict | None = No
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    previous_cwd, previous_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    previous_cwd, previous_uri, previous_env = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("KEDRO_ENV")
     os.chdir(project)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
     try:
@@ -36,10 +36,11 @@ def run_kedro(project: Path, env: str = "test", runtime_params: dict | None = No
             return session.run(**run_kwargs)
     finally:
         os.chdir(previous_cwd)
-        if previous_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+        for name, value in (("MLFLOW_TRACKING_URI", previous_uri), ("KEDRO_ENV", previous_env)):  # the run's hooks set KEDRO_ENV
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture
@@ -51,5 +52,5 @@ def project_copy(tmp_path):
 def trained_project(tmp_path_factory):
     """The default pipeline run once at tiny size (conf/test) on two demo categories."""
     project = make_project_copy(tmp_path_factory.mktemp("trained") / "project")
-    run_kedro(project, runtime_params={"categories": TINY_CATEGORIES})
+    run_kedro(project)  # conf/test/categories.yml: TINY_CATEGORIES
     return project

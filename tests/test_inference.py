@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_inference_pipeline_reproduces_evaluation_scores(trained_project, tmp_path):
     test_dir = Path("data/01_raw/demo/brick/test")
-    run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(test_dir), "categories": ["brick"]}, pipeline_names=["inference"])
+    run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(test_dir)}, pipeline_names=["inference"])
     inferred = pd.read_csv(trained_project / "data/07_model_output/inference/brick/scores.csv", keep_default_na=False)
     evaluated = pd.read_csv(trained_project / "data/07_model_output/brick/scores.csv")
     assert list(inferred.columns) == ["file", "score", "normalized_score", "decision", "error"]
@@ -39,7 +39,7 @@ def test_inference_pipeline_reports_bad_files_and_empty_folders(trained_project,
     source = next((trained_project / "data/01_raw/demo/brick/test/good").glob("*.png"))
     (folder / "ok.png").write_bytes(source.read_bytes())
     (folder / "broken.png").write_bytes(b"not a png at all")
-    run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(folder), "categories": ["brick"]}, pipeline_names=["inference"])
+    run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(folder)}, pipeline_names=["inference"])
     table = pd.read_csv(trained_project / "data/07_model_output/inference/brick/scores.csv", keep_default_na=False)
     assert len(table) == 2
     assert table.loc[table["file"].str.endswith("ok.png"), "error"].item() == ""
@@ -48,7 +48,7 @@ def test_inference_pipeline_reports_bad_files_and_empty_folders(trained_project,
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(Exception, match="holds no file"):
-        run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(empty), "categories": ["brick"]}, pipeline_names=["inference"])
+        run_kedro(trained_project, runtime_params={"category": "brick", "input_dir": str(empty)}, pipeline_names=["inference"])
 
 
 def test_logged_pyfunc_model_loads_and_scores_like_the_detector(trained_project):

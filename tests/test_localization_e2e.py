@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_project):
-    run_kedro(trained_project, runtime_params={"categories": TINY_CATEGORIES}, pipeline_names=["localization"], only_missing_outputs=True)
+    run_kedro(trained_project, pipeline_names=["localization"], only_missing_outputs=True)
     table = pd.read_csv(trained_project / "data/08_reporting/localization_table.csv")
     assert table["category"].tolist() == ["brick", "gravel", "mean"]
     assert table["density"].tolist()[:2] == ["shared", "per-location"]
@@ -35,9 +35,9 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
 
 
 def test_inference_writes_heatmap_overlays_where_a_localizer_exists(trained_project):
-    run_kedro(trained_project, runtime_params={"categories": TINY_CATEGORIES}, pipeline_names=["localization"], only_missing_outputs=True)
+    run_kedro(trained_project, pipeline_names=["localization"], only_missing_outputs=True)
     test_dir = "data/01_raw/demo/gravel/test"
-    run_kedro(trained_project, runtime_params={"category": "gravel", "input_dir": test_dir, "categories": ["gravel"]}, pipeline_names=["inference"])
+    run_kedro(trained_project, runtime_params={"category": "gravel", "input_dir": test_dir}, pipeline_names=["inference"])
     heatmaps = sorted((trained_project / "data/07_model_output/inference/gravel/heatmaps").glob("*.png"))
     assert len(heatmaps) == 14 and "good__000.png" in {path.name for path in heatmaps}
     assert heatmaps[0].stat().st_size > 2000

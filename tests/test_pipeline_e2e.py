@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_CATEGORIES, run_kedro
+from conftest import run_kedro
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
     model_file = project_copy / "data/06_models/brick/model.pt"
     stamp = model_file.stat().st_mtime_ns
     (project_copy / "data/08_reporting/detection_table.csv").unlink()
-    run_kedro(project_copy, runtime_params={"categories": TINY_CATEGORIES}, only_missing_outputs=True)
+    run_kedro(project_copy, only_missing_outputs=True)
     assert (project_copy / "data/08_reporting/detection_table.csv").is_file()
     assert model_file.stat().st_mtime_ns == stamp  # nothing upstream of the missing table re-ran
 
@@ -62,7 +62,7 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
 def test_failed_node_marks_its_mlflow_runs_failed(project_copy):
     missing = project_copy / "no_such_data"
     with pytest.raises(Exception, match="category folder not found"):
-        run_kedro(project_copy, runtime_params={"data_root": str(missing), "demo": {"generate": False}, "categories": ["brick"]})
+        run_kedro(project_copy, runtime_params={"data_root": str(missing), "demo": {"generate": False}}, namespaces=["brick"])
     _, runs = _runs(project_copy)
     assert {run.info.status for run in runs} == {"FAILED"}
     assert len(runs) == 2

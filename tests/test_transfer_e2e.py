@@ -28,7 +28,7 @@ def _write_weights(project):
 
 def test_transfer_pipeline_writes_table3_with_weights_from_a_local_file(project_copy):
     weights = _write_weights(project_copy)
-    params = {"categories": TINY_CATEGORIES, "transfer": {"model": {"weights_path": WEIGHTS}}}
+    params = {"transfer": {"model": {"weights_path": WEIGHTS}}}
     run_kedro(project_copy, runtime_params=params, pipeline_names=["transfer"])
 
     table = pd.read_csv(project_copy / "data/08_reporting/transfer_table.csv")
@@ -74,7 +74,7 @@ def test_transfer_pipeline_writes_table3_with_weights_from_a_local_file(project_
 
 
 def test_transfer_pipeline_stops_when_the_weights_file_is_missing(project_copy):
-    params = {"categories": ["brick"], "transfer": {"model": {"weights_path": "data/06_models/pretrained/missing.pth"}}}
+    params = {"transfer": {"model": {"weights_path": "data/06_models/pretrained/missing.pth"}}}
     with pytest.raises(Exception, match=r"missing\.pth: weights file not found.*transfer\.model\.weights_path"):
-        run_kedro(project_copy, runtime_params=params, pipeline_names=["transfer"])
+        run_kedro(project_copy, runtime_params=params, pipeline_names=["transfer"], namespaces=["brick"])
     assert not (project_copy / "data/06_models/brick/transfer_model.pt").exists()

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_variants_pipeline_tables_and_tagged_mlflow_runs(project_copy):
-    run_kedro(project_copy, runtime_params={"categories": ["brick"]}, pipeline_names=["variants"])
+    run_kedro(project_copy, pipeline_names=["variants"])
     reporting = project_copy / "data/08_reporting"
 
     results = pd.read_csv(reporting / "variants_results.csv")

@@ -1,11 +1,12 @@
 """Kedro project settings."""
 
-from cutpaste.hooks import MlflowTrackingHook, ProjectParamsHook
+from cutpaste.hooks import RunEnvironmentHook
+from cutpaste.tracking import MlflowTrackingHook
 
-HOOKS = (ProjectParamsHook(), MlflowTrackingHook())
+HOOKS = (RunEnvironmentHook(), MlflowTrackingHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"], "categories": ["categories*", "categories*/**"]},
 }

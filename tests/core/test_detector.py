@@ -50,8 +50,8 @@ def test_lognormal_threshold_holds_its_rate_with_ten_calibration_images():
     for _ in range(400):
         calibration = rng.lognormal(3.0, 0.4, size=10)
         fresh = rng.lognormal(3.0, 0.4, size=500)
-        for method in rates:
-            rates[method].append((fresh > fit_threshold(calibration, 0.99, method).value).mean())
+        for method, observed in rates.items():
+            observed.append((fresh > fit_threshold(calibration, 0.99, method).value).mean())
     assert np.mean(rates["lognormal"]) == pytest.approx(0.01, abs=0.004)
     assert np.mean(rates["empirical"]) > 0.05  # the highest of 10 scores: ~1/11 of new normals lie above it
     threshold = fit_threshold(np.exp(np.linspace(1, 2, 10)), 0.99)

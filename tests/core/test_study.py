@@ -8,7 +8,7 @@ import pytest
 
 from cutpaste.core import study
 from cutpaste.core.report import OBJECTS, TEXTURES
-from cutpaste.pipelines.variants.naming import child_run, parse_point, run_namespace
+from cutpaste.namespaces import child_run, parse_point, run_namespace
 
 
 def test_mean_and_standard_error_by_hand():

@@ -10,7 +10,7 @@ from cutpaste.core.augment import (
     CutPasteScar,
     Rotate90,
     ScarColor,
-    _box_mask,
+    box_mask,
     build_task,
 )
 
@@ -25,7 +25,7 @@ def _images(batch=6, size=48, seed=0):
 def _cutout_region(images, augmentation, seed):
     params = augmentation.sample(images, torch.Generator().manual_seed(seed))
     box, color = params
-    inside = _box_mask(box.target_top, box.target_left, box.height, box.width, *images.shape[-2:]).bool().expand_as(images)
+    inside = box_mask(box.target_top, box.target_left, box.height, box.width, *images.shape[-2:]).bool().expand_as(images)
     return augmentation.apply(images, params), inside, color
 
 
@@ -72,7 +72,7 @@ def test_confetti_changes_only_its_local_boxes_and_keeps_their_position():
     touched = torch.zeros_like(images, dtype=torch.bool)
     for patch in params:
         assert torch.equal(patch.target_top, patch.source_top) and torch.equal(patch.target_left, patch.source_left)
-        touched |= _box_mask(patch.source_top, patch.source_left, patch.height, patch.width, 48, 48).bool().expand_as(images)
+        touched |= box_mask(patch.source_top, patch.source_left, patch.height, patch.width, 48, 48).bool().expand_as(images)
     assert torch.equal(out[~touched], images[~touched])
     assert (out[touched] - images[touched]).abs().max() > 0.01
     assert touched[:, 0].float().mean((1, 2)).max() <= 2 * 0.16  # small: at most two boxes of <= 15 % each

@@ -26,10 +26,10 @@ SHAPES = ("digit", "square", "ellipse", "heart")
 FILLS = ("color", "natural")
 DEMO_CATEGORIES = ("brick", "grass", "gravel")
 DEMO_LAYOUT = "shuffled-tiles"  # recorded in the manifest: data made another way is regenerated
-_NATURAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+NATURAL_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
 
-def _skimage_photo(name: str) -> np.ndarray:
+def skimage_photo(name: str) -> np.ndarray:
     import skimage.data
 
     return getattr(skimage.data, name)()
@@ -97,7 +97,7 @@ def paste_synthetic_anomaly(
     if fill == "color":
         patch = np.broadcast_to(rng.integers(0, 256, size=3, dtype=np.uint8), (side, side, 3))
     elif fill == "natural":
-        photos = natural_photos or [_skimage_photo(name) for name in _NATURAL_PHOTOS]
+        photos = natural_photos or [skimage_photo(name) for name in NATURAL_PHOTOS]
         photo = photos[rng.integers(len(photos))]
         top = rng.integers(0, photo.shape[0] - side + 1)
         left = rng.integers(0, photo.shape[1] - side + 1)
@@ -256,9 +256,9 @@ def generate_demo_category(
     settings = {"seed": seed, "crop_size": crop_size, "n_train": n_train, "n_test_good": n_test_good, "n_test_defect": n_test_defect,
                 "layout": DEMO_LAYOUT}
     category_dir = Path(root) / category
-    natural = [_skimage_photo(name) for name in _NATURAL_PHOTOS]
+    natural = [skimage_photo(name) for name in NATURAL_PHOTOS]
     rng = np.random.default_rng([seed, DEMO_CATEGORIES.index(category)])
-    photo = _skimage_photo(category)
+    photo = skimage_photo(category)
     tiles = tile_grid(photo.shape[0], photo.shape[1], crop_size)
     splits = assign_tiles(len(tiles), {"train": n_train, "test_good": n_test_good, "test_defect": n_test_defect}, rng)
     areas, sources = [], {}

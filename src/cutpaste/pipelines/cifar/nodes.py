@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from cutpaste.core import cifar, report
+from cutpaste.core.augment import TASKS
+from cutpaste.core.config import as_list
 from cutpaste.core.density import GaussianDensity
 from cutpaste.core.metrics import image_auroc
 from cutpaste.core.study import mean_se
@@ -20,8 +22,35 @@ TABLE_NOTE = ("All values in %; se: standard error over classes. Image AUROC of 
               "mean over the 10 classes (rotation 91.3, Cutout 60.2, CutPaste 69.4).")
 
 
-def load_cifar(cifar_root: str | None, settings: dict) -> dict:
-    """The local CIFAR-10 (torchvision format) as arrays; stops with a clear message when unset or malformed."""
+DEFAULT_TASKS = ("rotation", "cutout_gray", "cutpaste")
+
+
+def _as_list(value, default: tuple[str, ...]) -> list[str]:
+    """A config list, a string separated by ";" (``--params`` splits on commas), or ``default`` for null / "all"."""
+    if value is None or value == "all":
+        return list(default)
+    return [str(item) for item in as_list(value)]
+
+
+def classes_and_tasks(settings: dict) -> tuple[list[str], list[str]]:
+    """The classes and proxy tasks of the ``cifar`` settings (null or "all": every class, the default tasks)."""
+    classes = _as_list(settings.get("classes"), cifar.CIFAR10_CLASSES)
+    tasks = _as_list(settings.get("tasks"), DEFAULT_TASKS)
+    for name in classes:
+        cifar.class_index(name)
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise ValueError(f"parameters cifar.tasks: unknown proxy task(s) {unknown}, expected some of {TASKS}")
+    return classes, tasks
+
+
+def load_cifar(built_for: tuple[list[str], list[str]], cifar_root: str | None, settings: dict) -> dict:
+    """The local CIFAR-10 (torchvision format) as arrays; stops with a clear message when unset or malformed,
+    or when the run's classes and tasks are not those the pipeline was built for (``built_for``)."""
+    asked = classes_and_tasks(settings)
+    if tuple(map(list, asked)) != tuple(map(list, built_for)):
+        raise ValueError(f"cifar: this run's parameters ask for classes and tasks {asked}, but the pipeline was built for {built_for}. "
+                         "cifar.classes and cifar.tasks are read from the conf files when Kedro registers the pipelines, so `--params` cannot change it: set it in conf/<env>/parameters_cifar.yml (e.g. conf/local/parameters_cifar.yml)")
     data = cifar.load_cifar10(cifar_root, verify_checksums=bool(settings.get("verify_checksums", True)))
     logger.info("CIFAR-10 from %s: %d training and %d test images", cifar_root, len(data.train_images), len(data.test_images))
     return data.to_dict()
@@ -43,7 +72,7 @@ def train_task(task: str, dataset: dict, settings: dict):
 
 
 def _features(state_dict: dict, images: np.ndarray, settings: dict) -> np.ndarray:
-    return detection._features(state_dict, images, settings["model"], settings["training"], settings["features"])
+    return detection.image_features(state_dict, images, settings["model"], settings["training"], settings["features"])
 
 
 def score_task(task: str, state_dict: dict, dataset: dict, settings: dict) -> pd.DataFrame:

@@ -65,8 +65,8 @@ def load_model(state_dict: dict, model: dict) -> CutPasteNet:
     return network.eval()
 
 
-def _train_config(training: dict) -> TrainConfig:
-    fields = TrainConfig.__dataclass_fields__
+def train_config(training: dict) -> TrainConfig:
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{key: value for key, value in training.items() if key in fields})
 
 
@@ -90,7 +90,7 @@ def train_model(dataset: dict, split: dict, model: dict, training: dict, augment
     resumes from there (same settings and same images only). Returns the trained network and its
     per-step history.
     """
-    config = _train_config(training)
+    config = train_config(training)
     torch.manual_seed(config.seed)
     task = build_task(augment["task"], augment.get("cutpaste"), augment.get("scar"), augment.get("confetti"))
     network = build_model(model, task.num_classes)
@@ -104,7 +104,7 @@ def train_model(dataset: dict, split: dict, model: dict, training: dict, augment
     return network.cpu(), history
 
 
-def _features(state_dict: dict, images: np.ndarray, model: dict, training: dict, features: dict) -> np.ndarray:
+def image_features(state_dict: dict, images: np.ndarray, model: dict, training: dict, features: dict) -> np.ndarray:
     network = load_model(state_dict, model)
     return extract_features(network, images, batch_size=int(features["batch_size"]), device=training["device"],
                             precision=training["precision"], memory_format=training["memory_format"])
@@ -112,7 +112,7 @@ def _features(state_dict: dict, images: np.ndarray, model: dict, training: dict,
 
 def extract_train_features(state_dict: dict, dataset: dict, model: dict, training: dict, features: dict) -> np.ndarray:
     """(N_train, D) float32 pooled features of the normal training images, eval mode, no augmentation."""
-    return _features(state_dict, dataset["train_images"], model, training, features)
+    return image_features(state_dict, dataset["train_images"], model, training, features)
 
 
 def fit_density(train_features: np.ndarray, split: dict, density: dict) -> GaussianDensity:
@@ -122,7 +122,7 @@ def fit_density(train_features: np.ndarray, split: dict, density: dict) -> Gauss
 
 def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict) -> pd.DataFrame:
     """One row per test image: path, defect_type, label, score (higher = more anomalous)."""
-    test_features = _features(state_dict, dataset["test_images"], model, training, features)
+    test_features = image_features(state_dict, dataset["test_images"], model, training, features)
     scores = index.loc[index["split"] == "test", ["path", "defect_type", "label"]].reset_index(drop=True)
     scores["score"] = gde.score_samples(test_features)
     return scores
@@ -177,7 +177,10 @@ def tsne_figure(state_dict: dict, dataset: dict, index: pd.DataFrame, model: dic
     (at most ``tsne.max_points`` per group). Returns (figure, points table: group, x, y)."""
     from cutpaste.core import embedding
 
-    config = embedding.TsneConfig(**{key: value for key, value in tsne.items() if key in embedding.TsneConfig.__dataclass_fields__})
+    if not tsne.get("enabled", True):
+        logger.warning("tsne.enabled is false for this run, but the t-SNE node exists: whether it exists is read from the conf files "
+                       "when Kedro registers the pipelines; set tsne.enabled in conf/<env>/parameters_detection.yml to leave it out")
+    config = embedding.TsneConfig(**{key: value for key, value in tsne.items() if key in {field.name for field in dataclasses.fields(embedding.TsneConfig)}})
     network = load_model(state_dict, model)
 
     def embed(images: np.ndarray) -> np.ndarray:
@@ -193,3 +196,9 @@ def tsne_figure(state_dict: dict, dataset: dict, index: pd.DataFrame, model: dic
     logger.info("%s: t-SNE of %d features (%s)", dataset["category"], len(points),
                 ", ".join(f"{group} {count}" for group, count in points["group"].value_counts(sort=False).items()))
     return embedding.tsne_figure(points, f"{dataset['category']}: t-SNE of learned features"), points
+
+
+def build_detection_report(**metrics_by_category: dict) -> tuple[pd.DataFrame, str]:
+    """Detection table (image AUROC per category and mean, paper beside ours) as DataFrame and Markdown."""
+    table = report.detection_table(metrics_by_category)
+    return table, report.to_markdown(table, "Image-level detection (image AUROC)")

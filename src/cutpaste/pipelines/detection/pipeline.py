@@ -1,33 +1,24 @@
-"""Image-level CutPaste detection, one namespace per category.
+"""Image-level CutPaste detection, one namespace per category, and the detection report.
 
 ingest -> train proxy task -> features of normal training images -> GDE -> score test images ->
-image AUROC and figures. Every artifact is a catalog dataset (see ``conf/base/catalog.yml``).
+image AUROC and figures; then ``build_detection_report`` gathers every category's metrics into
+``data/08_reporting/detection_table.{csv,md}``. Every artifact is a catalog dataset (see
+``conf/base/catalog.yml``). ``kedro run --namespaces=brick`` runs one category (the report needs all).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from kedro.pipeline import Pipeline, node, pipeline
 
-from cutpaste import project_params
+from cutpaste import registration
+from cutpaste.pipelines.common import bind_category
 from cutpaste.pipelines.detection import nodes
 
 SHARED_PARAMETERS = ("data_root", "demo", "ingest", "model", "training", "augment", "features", "density", "threshold")
 
 
-def bind_category(function: Callable, category: str) -> Callable:
-    """``function(category, *inputs)`` as a node function of the remaining inputs."""
-
-    def bound(*inputs):
-        return function(category, *inputs)
-
-    bound.__name__ = bound.__qualname__ = function.__name__
-    bound.__doc__ = function.__doc__
-    return bound
-
-
-def create_category_pipeline(category: str) -> Pipeline:
+def create_category_pipeline(category: str, tsne: bool = False) -> Pipeline:
+    """The detection template in namespace ``category``; ``tsne`` adds the paper's Figure 3 node."""
     template = pipeline([
         node(bind_category(nodes.prepare_raw_data, category), ["params:data_root", "params:demo"], "raw_data_root", name="prepare_raw_data"),
         node(bind_category(nodes.ingest_category, category), ["raw_data_root", "params:ingest"], ["dataset", "index"], name="ingest"),
@@ -42,19 +33,34 @@ def create_category_pipeline(category: str) -> Pipeline:
         node(nodes.evaluate_detection, ["scores", "threshold", "dataset"], ["metrics", "roc_figure", "score_histogram"], name="evaluate"),
     ])
     parameters = {f"params:{name}" for name in SHARED_PARAMETERS}
-    if tsne_enabled():  # the paper's Figure 3 (parameters "tsne")
+    if tsne:
         template += pipeline([node(nodes.tsne_figure, ["model", "dataset", "index", "params:model", "params:training", "params:features",
                                                        "params:augment", "params:tsne"], ["tsne_figure", "tsne_points"], name="tsne")])
         parameters.add("params:tsne")
     return pipeline(template, namespace=category, parameters=parameters)
 
 
-def tsne_enabled(params: dict | None = None) -> bool:
-    """Whether the run's parameters ask for the t-SNE figure (``tsne.enabled``, default off when absent)."""
-    params = project_params.get_params() if params is None else params
-    return bool((params.get("tsne") or {}).get("enabled", False))
+def create_report_pipeline(categories: list[str]) -> Pipeline:
+    """One node gathering ``<category>.metrics`` of every category into the detection table."""
+    return pipeline([
+        node(nodes.build_detection_report, {category: f"{category}.metrics" for category in categories},
+             ["detection_table", "detection_table_markdown"], name="build_detection_report"),
+    ])
 
 
-def create_pipeline(categories: list[str] | None = None) -> Pipeline:
-    categories = project_params.categories() if categories is None else categories
-    return sum((create_category_pipeline(category) for category in categories), Pipeline([]))
+def tsne_enabled(parameters: dict) -> bool:
+    """Whether the parameters ask for the t-SNE figure (``tsne.enabled``, off when absent)."""
+    return bool((parameters.get("tsne") or {}).get("enabled", False))
+
+
+def build(categories: list[str], parameters: dict) -> Pipeline:
+    """Every category's detection template plus the report."""
+    tsne = tsne_enabled(parameters)
+    per_category = sum((create_category_pipeline(category, tsne) for category in categories), Pipeline([]))
+    return per_category + create_report_pipeline(categories)
+
+
+@registration.guarded("detection")
+def create_pipeline(**_) -> Pipeline:
+    config = registration.load()
+    return build(config.categories, config.parameters)

@@ -44,7 +44,7 @@ def heatmap_overlays(localizer, table: pd.DataFrame, inference: dict) -> dict:
     from cutpaste.core.data import load_image
     from cutpaste.core.report import heatmap_figure
 
-    rows = table[table["error"].fillna("") == ""].head(int(inference.get("max_heatmaps", 200)))  # CSV reads "" as NaN
+    rows = table[table["error"].isna() | (table["error"].astype(str) == "")].head(int(inference.get("max_heatmaps", 200)))  # CSV reads "" as NaN
     images = np.stack([load_image(path, localizer.image_size) for path in rows["file"]]) if len(rows) else None
     if images is None:
         return {}

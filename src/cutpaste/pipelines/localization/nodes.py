@@ -14,7 +14,7 @@ from cutpaste.core.density import GaussianDensity
 from cutpaste.core.localize import LocationDensity, gradcam, grid_size, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
 from cutpaste.core.train import Trainer
-from cutpaste.pipelines.detection.nodes import _train_config, build_model, load_model
+from cutpaste.pipelines.detection.nodes import build_model, load_model, train_config
 from cutpaste.pipelines.detection.nodes import split_training_images as _split_training_images
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def train_patch_model(dataset: dict, split: dict, model: dict, localization: dic
     """Train the 3-way task on random patches (crop first, then CutPaste inside the patch) of the
     ``fit`` split of the normal training images."""
     sizes = _sizes(localization, dataset["image_size"])
-    config = _train_config(localization["training"])
+    config = train_config(localization["training"])
     torch.manual_seed(config.seed)
     scale = dataset["image_size"] / 256  # scars keep their size in working-image pixels, not in patch pixels
     scar = {**augment.get("scar", {}), "reference_size": sizes["train_patch_size"]}

@@ -1,17 +1,17 @@
 """Patch-level localization, one namespace per category, beside the image-level model (GradCAM).
 
 ``kedro run --pipelines=localization`` (or the deprecated ``--pipeline=localization``) runs the
-image-level detection pipeline too: GradCAM needs its model.
+image-level detection pipeline too (GradCAM needs its model), then the paper's Table 2.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from cutpaste import project_params
-from cutpaste.pipelines.detection import create_pipeline as create_detection_pipeline
+from cutpaste import registration
+from cutpaste.pipelines.common import bind_category
 from cutpaste.pipelines.detection import nodes as detection_nodes
-from cutpaste.pipelines.detection.pipeline import bind_category
+from cutpaste.pipelines.detection.pipeline import build as build_detection
 from cutpaste.pipelines.localization import nodes
 
 LOCALIZATION_PARAMETERS = ("model", "training", "augment", "density", "localization", "localization_ingest", "threshold")
@@ -35,12 +35,17 @@ def create_category_pipeline(category: str) -> Pipeline:
     return pipeline(template, namespace=category, parameters={f"params:{name}" for name in LOCALIZATION_PARAMETERS})
 
 
-def create_pipeline(categories: list[str] | None = None) -> Pipeline:
+def build(categories: list[str], parameters: dict) -> Pipeline:
     """Image-level detection (for GradCAM) + patch-level localization + Table 2 report, per category."""
-    categories = project_params.categories() if categories is None else categories
     patch_level = sum((create_category_pipeline(category) for category in categories), Pipeline([]))
     report = pipeline([
         node(nodes.build_localization_report, {category: f"{category}.localization_metrics" for category in categories},
              ["localization_table", "localization_table_markdown"], name="build_localization_report"),
     ])
-    return create_detection_pipeline(categories) + patch_level + report
+    return build_detection(categories, parameters) + patch_level + report
+
+
+@registration.guarded("localization")
+def create_pipeline(**_) -> Pipeline:
+    config = registration.load()
+    return build(config.categories, config.parameters)

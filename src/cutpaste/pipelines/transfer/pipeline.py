@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from cutpaste import project_params
-from cutpaste.pipelines.detection import create_pipeline as create_detection_pipeline
+from cutpaste import registration
+from cutpaste.pipelines.detection.pipeline import build as build_detection
 from cutpaste.pipelines.transfer import nodes
 
 TRANSFER_PARAMETERS = ("transfer", "augment", "density")
@@ -30,13 +30,18 @@ def create_category_pipeline(category: str) -> Pipeline:
     return pipeline(template, namespace=category, parameters={f"params:{name}" for name in TRANSFER_PARAMETERS})
 
 
-def create_pipeline(categories: list[str] | None = None) -> Pipeline:
+def build(categories: list[str], parameters: dict) -> Pipeline:
     """The detection pipeline's ingest nodes + the per-category transfer template + the Table 3 report."""
-    categories = project_params.categories() if categories is None else categories
-    ingest = create_detection_pipeline(categories).to_outputs(*[f"{category}.{name}" for category in categories for name in ("dataset", "index")])
+    ingest = build_detection(categories, parameters).to_outputs(*[f"{category}.{name}" for category in categories for name in ("dataset", "index")])
     per_category = sum((create_category_pipeline(category) for category in categories), Pipeline([]))
     report = pipeline([
         node(nodes.build_transfer_report, {category: f"{category}.transfer_metrics" for category in categories},
              ["transfer_table", "transfer_table_markdown"], name="build_transfer_report"),
     ])
     return ingest + per_category + report
+
+
+@registration.guarded("transfer")
+def create_pipeline(**_) -> Pipeline:
+    config = registration.load()
+    return build(config.categories, config.parameters)

@@ -21,9 +21,17 @@ from cutpaste.pipelines.detection import nodes as detection
 logger = logging.getLogger(__name__)
 
 
-def expand_grid(study_params: dict, training: dict, augment: dict) -> dict[str, dict]:
-    """Every grid point's effective training and augmentation settings (see :func:`study.expand_grid`)."""
+def expand_grid(built_for: dict[str, list[int]], study_params: dict, training: dict, augment: dict) -> dict[str, dict]:
+    """Every grid point's effective training and augmentation settings (see :func:`study.expand_grid`).
+
+    ``built_for`` (point -> seeds) is the grid the pipeline's nodes were built for; parameters of the run
+    that ask for another grid stop the run here, before anything trains.
+    """
     points = study.expand_grid(study_params, training, augment)
+    asked = {name: [int(seed) for seed in point["seeds"]] for name, point in points.items()}
+    if asked != built_for:
+        raise ValueError(f"variants: this run's parameters ask for the grid {asked}, but the pipeline was built for {built_for}. "
+                         "The grid (study.variants, seeds, sweeps) is read from the conf files when Kedro registers the pipelines, so `--params` cannot change it: set it in conf/<env>/parameters_variants.yml (e.g. conf/local/parameters_variants.yml)")
     logger.info("variants: %d grid points: %s", len(points), ", ".join(points))
     return points
 
@@ -92,7 +100,7 @@ def make_synthetic_set(dataset: dict, index: pd.DataFrame, synthetic_params: dic
     shapes = list(synthetic_params.get("shapes", synthetic.SHAPES))
     fills = list(synthetic_params.get("fills", synthetic.FILLS))
     rng = np.random.default_rng([int(synthetic_params.get("seed", 0)), zlib.crc32(dataset["category"].encode())])
-    natural = [synthetic._skimage_photo(name) for name in synthetic._NATURAL_PHOTOS] if "natural" in fills else None
+    natural = [synthetic.skimage_photo(name) for name in synthetic.NATURAL_PHOTOS] if "natural" in fills else None
     size_range = tuple(synthetic_params.get("size_range", (0.12, 0.3)))
     images, kinds = list(normal), ["good"] * len(normal)
     for image in normal:
@@ -110,7 +118,7 @@ def evaluate_synthetic(point: str, seed: int, state_dict: dict, gde: GaussianDen
     """AUROC of one trained model on the synthetic set: normal test images against every anomaly
     kind separately ("synthetic_auroc_<kind>") and against all of them ("synthetic_auroc_all")."""
     training, _ = run_settings(points, point, seed)
-    scores = GaussianDensity.score_samples(gde, detection._features(state_dict, synthetic_set["images"], model, training, features))
+    scores = GaussianDensity.score_samples(gde, detection.image_features(state_dict, synthetic_set["images"], model, training, features))
     kinds, labels = synthetic_set["kinds"], synthetic_set["labels"]
     metrics = _run_metrics(point, seed, dataset["category"], points)
     metrics["synthetic_auroc_all"] = image_auroc(labels, scores)

@@ -10,29 +10,17 @@ AUROC. One report node gathers every run into the tables. The grid is ``study`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from kedro.pipeline import Pipeline, node, pipeline
 
-from cutpaste import project_params
+from cutpaste import registration
 from cutpaste.core import study
+from cutpaste.core.config import as_list
+from cutpaste.namespaces import category_namespace, run_namespace
+from cutpaste.pipelines.common import bind, bind_category, bind_run
 from cutpaste.pipelines.detection import nodes as detection
-from cutpaste.pipelines.detection.pipeline import bind_category
 from cutpaste.pipelines.variants import nodes
-from cutpaste.pipelines.variants.naming import category_namespace, run_namespace
 
 TABLES = ("table1", "table4", "table5", "table6", "table7", "table8")
-
-
-def bind_run(function: Callable, point: str, seed: int) -> Callable:
-    """``function(point, seed, *inputs)`` as a node function of the remaining inputs."""
-
-    def bound(*inputs):
-        return function(point, seed, *inputs)
-
-    bound.__name__ = bound.__qualname__ = function.__name__
-    bound.__doc__ = function.__doc__
-    return bound
 
 
 def create_category_pipeline(category: str) -> Pipeline:
@@ -70,18 +58,36 @@ def create_run_pipeline(category: str, point: str, seed: int) -> Pipeline:
     )
 
 
-def grid(params: dict | None = None) -> dict[str, dict]:
-    """The grid points of the run's parameters (``study``, ``training``, ``augment``)."""
-    params = project_params.get_params() if params is None else params
-    if "study" not in params:
-        raise ValueError("parameters: no 'study' section (conf/base/parameters_variants.yml) to build the variants grid from")
-    return study.expand_grid(params["study"], params.get("training", {}), params.get("augment", {}))
+def grid(parameters: dict) -> dict[str, dict]:
+    """The grid points of the parameters ``study``, ``training`` and ``augment``."""
+    if "study" not in parameters:
+        raise registration.PipelineSettingsError("parameters: no 'study' section (conf/base/parameters_variants.yml) to build the variants grid from")
+    return study.expand_grid(parameters["study"], parameters.get("training", {}), parameters.get("augment", {}))
 
 
-def create_pipeline(categories: list[str] | None = None, points: dict[str, dict] | None = None) -> Pipeline:
-    categories = project_params.categories() if categories is None else categories
-    points = grid() if points is None else points
-    parts = [pipeline([node(nodes.expand_grid, ["params:study", "params:training", "params:augment"], "variants_settings", name="variants_grid")])]
+def study_categories(categories: list[str], parameters: dict) -> list[str]:
+    """``study.categories`` (a subset of the registered categories; the variant study is costly), else all."""
+    chosen = (parameters.get("study") or {}).get("categories")
+    if chosen is None:
+        return list(categories)
+    chosen = [str(name) for name in as_list(chosen)]
+    unknown = [name for name in chosen if name not in categories]
+    if unknown:
+        raise registration.PipelineSettingsError(f"parameters study.categories: {unknown} not among the registered categories {categories}")
+    return chosen
+
+
+@registration.guarded("variants")
+def create_pipeline(**_) -> Pipeline:
+    config = registration.load()
+    return build(study_categories(config.categories, config.parameters), grid(config.parameters))
+
+
+def build(categories: list[str], points: dict[str, dict]) -> Pipeline:
+    """Per category the shared data nodes, per grid point and seed one trained model, then the tables."""
+    built_for = {point: [int(seed) for seed in settings["seeds"]] for point, settings in points.items()}
+    parts = [pipeline([node(bind(nodes.expand_grid, built_for), ["params:study", "params:training", "params:augment"], "variants_settings",
+                            name="variants_grid")])]
     report_inputs = {"points": "variants_settings", "study_params": "params:study"}
     for category in categories:
         parts.append(create_category_pipeline(category))

@@ -1,27 +1,16 @@
-"""The paper's comparison of proxy tasks: grid of runs, seed statistics, ensembles and Tables 1, 4-8.
+"""The paper's Tables 1 and 4-8 from the study's long results table (one row per point, category, seed).
 
-A *point* of the grid is one training configuration: a proxy task (``variant``) and, for the
-ablation sweeps, one changed setting (learning rate, steps, jitter intensity, max patch area).
-Every point runs for every category and every seed. Results are kept in a long table (one row per
-point, category and seed) from which the tables are built:
-
-* mean +- standard error over seeds (SE = sample standard deviation / sqrt(n), ddof 1); for group
-  averages (texture / object / all), the category average is taken per seed first;
-* the ensemble of a point's seeds averages their *normalized* scores: each model's test scores
-  minus the mean of its scores of held-out normal training images, divided by their standard
-  deviation, so that no test image influences the scale.
+For group averages (texture / object / all), the category average is taken per seed first; a paper
+number appears only where the run covers the same MVTec AD categories.
 """
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 
-from cutpaste.core.config import as_list
-from cutpaste.core.metrics import image_auroc
 from cutpaste.core.report import OBJECTS, PAPER_IMAGE_AUROC_3WAY, PAPER_IMAGE_AUROC_3WAY_MEAN, TEXTURES, category_group
+from cutpaste.core.study.statistics import mean_se
 
 # Li et al., CVPR 2021: mean image AUROC (%) over the 15 MVTec AD categories per proxy task (Tables 4, 5).
 PAPER_VARIANT_AUROC_MEAN = {
@@ -33,126 +22,9 @@ PAPER_ENSEMBLE_AUROC_MEAN = 96.1  # ensemble of five 3-way models
 PAPER_SYNTHETIC_AUROC_MEAN = {"cutpaste": 98.3, "cutout_gray": 81.5}
 TABLE4_VARIANTS = ("rotation", "cutout_gray", "cutout_mean", "cutout_color", "confetti", "scar_color", "cutpaste")
 TABLE5_VARIANTS = ("cutpaste", "scar", "binary", "3way")
-SWEEPS = {  # sweep name -> (section, key) of the setting it changes
-    "lr": ("training", "lr"),
-    "steps": ("training", "steps"),
-    "jitter": ("augment", "jitter"),
-    "max_area": ("augment", "max_area"),
-}
 TABLE7_SWEEPS = ("lr", "steps")
 TABLE8_SWEEPS = ("jitter", "max_area")
 GROUPS = ("texture", "object", "all")
-
-
-def value_label(value) -> str:
-    """A sweep value as a name part: 0.003 -> "0p003", -1 -> "m1"."""
-    return f"{value:g}".replace(".", "p").replace("-", "m") if isinstance(value, float) else str(value)
-
-
-def _apply_override(training: dict, augment: dict, sweep: str, value) -> None:
-    if sweep == "lr":
-        training["lr"] = float(value)
-    elif sweep == "steps":
-        training["steps"] = int(value)
-    elif sweep == "jitter":
-        for section in ("cutpaste", "scar"):
-            augment.setdefault(section, {})["jitter"] = float(value)
-    elif sweep == "max_area":
-        low = float(augment.setdefault("cutpaste", {}).get("area_ratio", (0.02, 0.15))[0])
-        augment["cutpaste"]["area_ratio"] = [min(low, float(value)), float(value)]
-    else:
-        raise ValueError(f"unknown sweep '{sweep}', expected one of {tuple(SWEEPS)}")
-
-
-def _variant_training(study: dict, base_training: dict, variant: str) -> dict:
-    return {**copy.deepcopy(base_training), **((study.get("variant_training") or {}).get(variant) or {})}
-
-
-def expand_grid(study: dict, training: dict, augment: dict) -> dict[str, dict]:
-    """Every point of the study: point name -> settings.
-
-    Args:
-        study: ``variants`` (list of task names), ``seeds``, optional ``training`` (overrides of the
-            training parameters for every point, e.g. a smaller step budget), optional
-            ``variant_training`` (task -> further overrides, e.g. the paper's batch 96 for 3-way), optional ``sweeps``:
-            ``variant`` (task swept), ``seeds``, and lists for any of ``lr``, ``steps``, ``jitter``,
-            ``max_area``.
-        training / augment: the project's training and augmentation parameters.
-
-    Returns:
-        point -> {"variant", "sweep" (None for the main grid), "value", "seeds", "training", "augment"}.
-        A sweep value that reproduces a main-grid point's settings reuses that point (no retraining).
-    """
-    from cutpaste.core.augment import TASKS
-
-    base_training = {**training, **(study.get("training") or {})}
-    seeds = [int(seed) for seed in as_list(study.get("seeds", [0]))]
-    points: dict[str, dict] = {}
-    for variant in as_list(study.get("variants")):
-        if variant not in TASKS:
-            raise ValueError(f"study.variants: unknown proxy task '{variant}', expected names from {TASKS}")
-        points[variant] = {"variant": variant, "sweep": None, "value": None, "seeds": seeds,
-                           "training": _variant_training(study, base_training, variant), "augment": {**copy.deepcopy(augment), "task": variant}}
-    sweeps = dict(study.get("sweeps") or {})
-    sweep_variant = sweeps.pop("variant", "3way")
-    sweep_seeds = [int(seed) for seed in as_list(sweeps.pop("seeds", seeds))]
-    for sweep, values in sweeps.items():
-        for raw in as_list(values):
-            value = float(raw) if sweep != "steps" else int(float(raw))
-            point_training = _variant_training(study, base_training, sweep_variant)
-            point_augment = {**copy.deepcopy(augment), "task": sweep_variant}
-            _apply_override(point_training, point_augment, sweep, value)
-            same = [name for name, point in points.items() if point["sweep"] is None and point["training"] == point_training
-                    and point["augment"] == point_augment]
-            name = f"{sweep_variant}_{sweep}_{value_label(value)}"
-            if same:
-                points[same[0]].setdefault("also", []).append({"sweep": sweep, "value": value})
-                continue
-            points[name] = {"variant": sweep_variant, "sweep": sweep, "value": value, "seeds": sweep_seeds,
-                            "training": point_training, "augment": point_augment}
-    if not points:
-        raise ValueError("study: no grid point (set study.variants or study.sweeps)")
-    return points
-
-
-def mean_se(values) -> tuple[float, float]:
-    """Mean and standard error (sample std, ddof 1, / sqrt(n)); SE is NaN for a single value."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return np.nan, np.nan
-    if values.size == 1:
-        return float(values[0]), np.nan
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
-
-
-def normalize_scores(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """(scores - mean(reference)) / std(reference): reference = scores of normal training images.
-
-    Raises:
-        ValueError: when fewer than two reference scores are given or they are all equal.
-    """
-    reference = np.asarray(reference, dtype=np.float64)
-    if reference.size < 2 or not np.isfinite(reference).all() or reference.std() == 0:
-        raise ValueError(f"normalizing needs at least two distinct finite reference scores, got {reference.size}")
-    return (np.asarray(scores, dtype=np.float64) - reference.mean()) / reference.std()
-
-
-def ensemble_scores(normalized: list[np.ndarray]) -> np.ndarray:
-    """Average of the models' normalized scores of the same images."""
-    lengths = {len(scores) for scores in normalized}
-    if len(lengths) != 1:
-        raise ValueError(f"ensemble members scored different numbers of images: {sorted(lengths)}")
-    return np.mean(np.stack([np.asarray(scores, dtype=np.float64) for scores in normalized]), axis=0)
-
-
-def ensemble_auroc(scores_by_seed: dict[int, pd.DataFrame]) -> float:
-    """Image AUROC of the seeds' ensemble; each frame: path, label, normalized_score (same images)."""
-    frames = [frame.sort_values("path").reset_index(drop=True) for _, frame in sorted(scores_by_seed.items())]
-    for frame in frames[1:]:
-        if not frame["path"].equals(frames[0]["path"]):
-            raise ValueError("ensemble members scored different test images")
-    return image_auroc(frames[0]["label"].to_numpy(), ensemble_scores([frame["normalized_score"].to_numpy() for frame in frames]))
 
 
 def _group_members(categories, group: str) -> list[str]:
