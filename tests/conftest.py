@@ -22,14 +22,14 @@ def make_project_copy(root: Path) -> Path:
     return root
 
 
-def run_kedro(project: Path, env: str = "test", runtime_params: dict | None = None, **run_kwargs):
-    """One ``kedro run`` through a KedroSession, MLflow tracking into ``<project>/mlflow.db``."""
+def run_kedro(project: Path, env: str = "test", runtime_params: dict | None = None, tracking_uri: str | None = None, **run_kwargs):
+    """One ``kedro run`` through a KedroSession, MLflow tracking into ``<project>/mlflow.db`` (or ``tracking_uri``)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     previous_cwd, previous_uri, previous_env = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("KEDRO_ENV")
     os.chdir(project)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri or f"sqlite:///{project / 'mlflow.db'}"
     try:
         bootstrap_project(project)
         with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as session:
