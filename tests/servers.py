@@ -1,4 +1,4 @@
-"""Starting and stopping the servers that tests talk to (kedro viz, mlflow models serve)."""
+"""Starting and stopping the servers that tests talk to (kedro viz, mlflow models serve, mlflow server)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,14 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def start_tracking_server(folder) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on 127.0.0.1 with a sqlite backend and a served artifact root (as the README starts it)."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    process = start([str(BIN_DIR / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                     "--backend-store-uri", f"sqlite:///{folder / 'tracking.db'}", "--artifacts-destination", str(folder / "artifacts")])
+    uri = f"http://127.0.0.1:{port}"
+    wait_for(process, f"{uri}/health")
+    return process, uri

@@ -33,17 +33,6 @@ def tracking_warnings(monkeypatch):
     return records
 
 
-def start_tracking_server(folder) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on 127.0.0.1 with a sqlite backend and a served artifact root (as the README starts it)."""
-    port = servers.free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    process = servers.start([str(servers.BIN_DIR / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{folder / 'tracking.db'}", "--artifacts-destination", str(folder / "artifacts")])
-    uri = f"http://127.0.0.1:{port}"
-    servers.wait_for(process, f"{uri}/health")
-    return process, uri
-
-
 def test_an_unreachable_tracking_server_costs_nothing(project_copy, monkeypatch, tracking_warnings):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     started = time.monotonic()
@@ -54,7 +43,7 @@ def test_an_unreachable_tracking_server_costs_nothing(project_copy, monkeypatch,
 
 
 def test_a_tracking_server_stopped_mid_run_costs_nothing(project_copy, tmp_path, tracking_warnings):
-    server, uri = start_tracking_server(tmp_path / "tracking")
+    server, uri = servers.start_tracking_server(tmp_path / "tracking")
     outcome: dict = {}
 
     def run():

@@ -70,13 +70,15 @@ def project_path() -> Path:
 def config_loader(env: str | None = None, path: Path | None = None):
     """Kedro's ``OmegaConfigLoader`` over the project's ``conf/``, set up as ``settings.py`` sets up Kedro's own."""
     from kedro.config import OmegaConfigLoader
-    from kedro.framework.project import settings
+
+    from cutpaste import settings  # the project's own settings module: usable before Kedro configures the project
 
     path = project_path() if path is None else path
     arguments = dict(settings.CONFIG_LOADER_ARGS)
     arguments.setdefault("base_env", "base")
     arguments.setdefault("default_run_env", "local")
-    return OmegaConfigLoader(conf_source=str(path / settings.CONF_SOURCE), env=env or os.environ.get("KEDRO_ENV") or None, **arguments)
+    conf_source = getattr(settings, "CONF_SOURCE", "conf")
+    return OmegaConfigLoader(conf_source=str(path / conf_source), env=env or os.environ.get("KEDRO_ENV") or None, **arguments)
 
 
 def categories_from(loader, parameters: dict[str, Any] | None = None, path: Path | None = None) -> list[str]:

@@ -18,8 +18,8 @@ Run layout, in one experiment (``experiment_name``, default ``cutpaste``):
 Tracking never costs a result: a tracking store that is unreachable or fails logs one warning and the
 run goes on untracked, with every catalog artifact written. HTTP requests to a tracking server give up
 after ``request_timeout_s`` x (``request_retries`` + 1) (MLflow's own client otherwise retries for minutes).
-The first use of a new sqlite store creates its schema; :func:`prepare_store` does that once before
-parallel processes start (two processes creating it together race), and starting a run retries.
+The first use of a new sqlite store creates its schema, which MLflow does not do atomically: :func:`prepare_store`
+(called when a run starts, and by the DAG's first task) holds a file lock beside the database while it does, and retries.
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ def prepare_store(tracking_uri: str, experiment_name: str = "cutpaste", attempts
         experiment = client.get_experiment_by_name(experiment_name)
         return experiment.experiment_id if experiment else client.create_experiment(experiment_name)
 
+    if tracking_uri.startswith("sqlite:///"):  # MLflow's schema migration of a new file is not atomic: one process at a time
+        from filelock import FileLock
+
+        with FileLock(f"{tracking_uri.removeprefix('sqlite:///')}.lock", timeout=300):
+            return _retry(create, attempts)
     return _retry(create, attempts)
 
 
@@ -165,8 +170,8 @@ class MlflowTrackingHook:
 
         limit_http_retries(self.request_timeout_s, self.request_retries)
         self.child_runs, self.logged_params = {}, {}
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_id = prepare_store(self.tracking_uri, self.experiment_name)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
         names = run_params.get("pipeline_names") or ["__default__"]
         if self.given_parent:
             parent = self.client.get_run(self.given_parent)

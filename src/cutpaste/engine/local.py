@@ -1,0 +1,98 @@
+"""Run a generated Airflow DAG on this machine: Airflow 3's LocalExecutor (one process per task, tasks in
+parallel) with a SQLite metadata database, and the short-lived task-API server its task processes report to.
+
+    python -m cutpaste.engine.local --dag-id cutpaste_detection_local      # what `make airflow-run` calls
+
+No scheduler or web UI is started; ``airflow dags test --use-executor`` runs one DAG run to the end and
+exits non-zero when a task failed. On a cluster the same DAG file goes into the scheduler's DAG folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+BIN_DIR = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def airflow_environment(project_path: Path, dags_folder: Path, airflow_home: Path, port: int, parallelism: int) -> dict[str, str]:
+    """The environment every Airflow process of a local run shares (the JWT secret must be the same)."""
+    return {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": os.environ.get("KEDRO_DISABLE_TELEMETRY", "true"),
+        "CUTPASTE_PROJECT_PATH": str(project_path),
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder.resolve()),  # relative: task processes cannot find the DAG
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_hex(32),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+
+
+def run_dag(dag_id: str, project_path: Path, dags_folder: Path | None = None, airflow_home: Path | None = None,
+            parallelism: int = 4, timeout_s: float = 3600) -> subprocess.CompletedProcess:
+    """Migrate the metadata database, start the task API, run ``dag_id`` once with the LocalExecutor, stop the API."""
+    project_path = Path(project_path).resolve()
+    dags_folder = dags_folder or project_path / "airflow_dags"
+    airflow_home = airflow_home or project_path / "airflow_home"
+    port = _free_port()
+    env = airflow_environment(project_path, Path(dags_folder), Path(airflow_home), port, parallelism)
+    subprocess.run([str(BIN_DIR / "airflow"), "db", "migrate"], check=True, env=env, cwd=project_path, capture_output=True)
+    with open(Path(airflow_home) / "api-server.log", "ab") as log:
+        server = subprocess.Popen([str(BIN_DIR / "airflow"), "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+                                  env=env, cwd=project_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Airflow task API did not start; see {Path(airflow_home) / 'api-server.log'}") from None
+                time.sleep(0.5)
+        return subprocess.run([str(BIN_DIR / "airflow"), "dags", "test", dag_id, "--use-executor"], env=env, cwd=project_path,
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dag-id", required=True)
+    parser.add_argument("--project-path", type=Path, default=Path.cwd())
+    parser.add_argument("--dags-folder", type=Path, default=None)
+    parser.add_argument("--airflow-home", type=Path, default=None)
+    parser.add_argument("--parallelism", type=int, default=4)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    result = run_dag(args.dag_id, args.project_path, args.dags_folder, args.airflow_home, args.parallelism)
+    sys.stdout.write(result.stdout[-20000:])
+    sys.stderr.write(result.stderr[-20000:])
+    sys.stderr.write(f"DAG {args.dag_id}: {'success' if result.returncode == 0 else 'FAILED'} in {time.monotonic() - started:.1f} s\n")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
