@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import signal
@@ -16,8 +17,9 @@ BIN_DIR = Path(sys.executable).parent
 
 
 def free_port() -> int:
-    """A free port below 49152 (kedro viz refuses the ephemeral range)."""
-    for port in random.Random().sample(range(20000, 49000), 200):
+    """A free port below Linux's ephemeral range (32768 up): a client polling a port there before the
+    server listens can connect to itself and read its own request back (kedro viz also refuses 49152 up)."""
+    for port in random.Random().sample(range(20000, 32700), 200):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -40,7 +42,7 @@ def wait_for(process: subprocess.Popen, url: str, timeout: float = 180) -> bytes
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 return response.read()
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not listening yet, or not speaking HTTP yet
             time.sleep(1)
     output = process.stdout.read().decode(errors="replace")[-3000:] if process.poll() is not None else "(still running)"
     raise AssertionError(f"{url} did not answer within {timeout} s: {output}")

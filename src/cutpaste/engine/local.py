@@ -10,7 +10,9 @@ exits non-zero when a task failed. On a cluster the same DAG file goes into the 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
+import random
 import secrets
 import socket
 import subprocess
@@ -23,9 +25,16 @@ BIN_DIR = Path(sys.executable).parent
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range: polling a port there before the server listens can make
+    the client connect to itself and read its own request back."""
+    for port in random.Random().sample(range(20000, 32700), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32700")
 
 
 def airflow_environment(project_path: Path, dags_folder: Path, airflow_home: Path, port: int, parallelism: int) -> dict[str, str]:
@@ -64,7 +73,7 @@ def run_dag(dag_id: str, project_path: Path, dags_folder: Path | None = None, ai
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as response:
                     if response.status == 200:
                         break
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the Airflow task API did not start; see {Path(airflow_home) / 'api-server.log'}") from None
                 time.sleep(0.5)
