@@ -51,6 +51,8 @@ def airflow_environment(project_path: Path, dags_folder: Path, airflow_home: Pat
         "AIRFLOW__API_AUTH__JWT_SECRET": os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_hex(32),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        # every task process would otherwise start one torch thread per core: parallel tasks oversubscribe the CPU
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // parallelism)),
     }
 
 
