@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import http.client
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from cutpaste.engine.local import free_port  # below the ephemeral range (see its docstring)
+
 BIN_DIR = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768 up): a client polling a port there before the
-    server listens can connect to itself and read its own request back (kedro viz also refuses 49152 up)."""
-    for port in random.Random().sample(range(20000, 32700), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
+__all__ = ["BIN_DIR", "free_port", "start", "start_tracking_server", "stop", "wait_for"]
 
 
 def start(command: list[str], cwd: Path | None = None) -> subprocess.Popen:

@@ -24,7 +24,7 @@ from pathlib import Path
 BIN_DIR = Path(sys.executable).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A free port below Linux's ephemeral range: polling a port there before the server listens can make
     the client connect to itself and read its own request back."""
     for port in random.Random().sample(range(20000, 32700), 200):
@@ -62,7 +62,7 @@ def run_dag(dag_id: str, project_path: Path, dags_folder: Path | None = None, ai
     project_path = Path(project_path).resolve()
     dags_folder = dags_folder or project_path / "airflow_dags"
     airflow_home = airflow_home or project_path / "airflow_home"
-    port = _free_port()
+    port = free_port()
     env = airflow_environment(project_path, Path(dags_folder), Path(airflow_home), port, parallelism)
     subprocess.run([str(BIN_DIR / "airflow"), "db", "migrate"], check=True, env=env, cwd=project_path, capture_output=True)
     with open(Path(airflow_home) / "api-server.log", "ab") as log:
