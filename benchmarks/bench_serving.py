@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,10 @@ from PIL import Image
 
 from cutpaste.core.data import read_image
 from cutpaste.core.detector import Detector, list_images
+from cutpaste.processes import free_port, stop_process_group
 from cutpaste.serving import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, encode_image_file, save_pyfunc
 
 BIN_DIR = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(model_dir: Path, port: int) -> subprocess.Popen:
@@ -56,19 +50,10 @@ def start_server(model_dir: Path, port: int) -> subprocess.Popen:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
                 return process
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not listening yet, or not speaking HTTP yet
             time.sleep(0.5)
-    stop_server(process)
+    stop_process_group(process)
     raise RuntimeError("server did not answer /ping within 180 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def group_peak_rss_mb(pgid: int) -> dict[str, float]:
@@ -122,7 +107,7 @@ def load_run(model_dir: Path, payloads: list[bytes], clients: int, requests: int
         wall = time.perf_counter() - start
         alive = process.poll() is None
     finally:
-        stop_server(process)
+        stop_process_group(process)
     latencies = np.array([seconds for seconds, _ in results]) * 1000
     ok = sum(status == 200 for _, status in results)
     return {"clients": clients, "requests": len(results), "ok": ok, "img_s": ok * images_per_request / wall,
@@ -145,7 +130,7 @@ def largest_request_memory(model_dir: Path, source: Path, max_pixels: int, max_i
         seconds = time.perf_counter() - start
         peak = group_peak_rss_mb(process.pid)
     finally:
-        stop_server(process)
+        stop_process_group(process)
     print(f"largest allowed request: {max_images} PNGs of {side} x {side} = {side * side / 1e6:.1f} Mpx "
           f"({len(buffer.getvalue()) / 1e6:.1f} MB each, request body {len(body) / 1e6:.0f} MB)")
     return idle, peak, seconds, status

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import http.client
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from cutpaste.engine.local import free_port  # below the ephemeral range (see its docstring)
+from cutpaste.processes import free_port  # below the ephemeral range (see its docstring)
+from cutpaste.processes import stop_process_group as stop
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -35,16 +35,6 @@ def wait_for(process: subprocess.Popen, url: str, timeout: float = 180) -> bytes
             time.sleep(1)
     output = process.stdout.read().decode(errors="replace")[-3000:] if process.poll() is not None else "(still running)"
     raise AssertionError(f"{url} did not answer within {timeout} s: {output}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server's whole process group (workers included)."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def start_tracking_server(folder) -> tuple[subprocess.Popen, str]:

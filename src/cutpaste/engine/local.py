@@ -12,29 +12,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import random
 import secrets
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from cutpaste.processes import free_port, stop_process_group
+
 BIN_DIR = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range: polling a port there before the server listens can make
-    the client connect to itself and read its own request back."""
-    for port in random.Random().sample(range(20000, 32700), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 20000 and 32700")
 
 
 def airflow_environment(project_path: Path, dags_folder: Path, airflow_home: Path, port: int, parallelism: int) -> dict[str, str]:
@@ -82,11 +69,7 @@ def run_dag(dag_id: str, project_path: Path, dags_folder: Path | None = None, ai
         return subprocess.run([str(BIN_DIR / "airflow"), "dags", "test", dag_id, "--use-executor"], env=env, cwd=project_path,
                               capture_output=True, text=True, timeout=timeout_s, check=False)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process_group(server)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,34 @@
+"""Local helper processes (servers started by the engine, the tests and the benchmarks): a port to give
+them and a way to stop them with their workers."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+
+
+def free_port() -> int:
+    """A free port below Linux's ephemeral range (32768 up): a client polling a port there before the
+    server listens can connect to itself and read its own request back (kedro viz also refuses 49152 up)."""
+    for port in random.Random().sample(range(20000, 32700), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32700")
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and its whole group (workers included):
+    SIGTERM, then SIGKILL after ``timeout_s``."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
