@@ -135,7 +135,7 @@ def local_scores(network: CutPasteNet, data, split: dict, levels: tuple[int, ...
     return score(train_maps[split["calibration"]]), score(test_maps)
 
 
-def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, local: list[str] = ()) -> dict:
+def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, local: list[str] = (), extra_quantiles: list[float] = ()) -> dict:
     training = parameters["training"]
     trainer = make_trainer(parameters, steps)
     start = time.perf_counter()
@@ -153,12 +153,16 @@ def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, loca
     labels = data.test_labels
     flagged = scores > threshold.value
     row = {
-        "steps": steps, "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - start, 1),
+        "steps": steps, "n_calibration": len(split["calibration"]), "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - start, 1),
         "image_auroc": image_auroc(labels, scores),
         "holdout_proxy_accuracy": proxy_accuracy(trainer, data.train_images[split["calibration"]]),
         "final_train_loss": float(history["loss"].tail(50).mean()),
         "threshold_fpr": float(flagged[labels == 0].mean()), "threshold_tpr": float(flagged[labels == 1].mean()),
     }
+    for quantile in extra_quantiles:  # the same scores against other quantiles of the calibration bound
+        other = scores > fit_threshold(calibration_scores, quantile, threshold_params.get("method", "lognormal")).value
+        tag = f"q{round(100 * quantile)}"
+        row[f"fpr_{tag}"], row[f"tpr_{tag}"] = float(other[labels == 0].mean()), float(other[labels == 1].mean())
     for name in local:
         levels = tuple(int(level) for level in name.removeprefix("layer"))
         calibration_local, test_local = local_scores(network, data, split, levels, parameters["density"])
@@ -186,6 +190,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a name for this setting in the CSV")
     parser.add_argument("--gradcam", action="store_true", help="also GradCAM pixel AUROC")
     parser.add_argument("--local", nargs="*", default=[], help="also score by the max of a GDE on feature maps: layer2, layer3, layer23")
+    parser.add_argument("--quantiles", nargs="*", type=float, default=[], help="also the threshold's FPR/TPR at these calibration quantiles, e.g. 0.9 0.95")
     parser.add_argument("--out", default=str(ROOT / "data" / "08_reporting" / "budget"))
     args = parser.parse_args()
 
@@ -204,7 +209,7 @@ def main() -> None:
         plan = [(None, steps) for steps in args.steps] if args.steps else [(minutes, int(minutes * 60 / step_s)) for minutes in args.budgets]
         for minutes, steps in plan:
             row = {"category": category, "setting": args.label, "budget_min": minutes, "seconds_per_step": round(step_s, 3),
-                   **run_one(parameters, data, split, steps, args.gradcam, args.local)}
+                   **run_one(parameters, data, split, steps, args.gradcam, args.local, args.quantiles)}
             rows.append(row)
             print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
     table = pd.DataFrame(rows)

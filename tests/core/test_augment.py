@@ -188,3 +188,31 @@ def test_random_crop_takes_a_window_of_each_image():
         random_crop(images, 40, None)
     cropped = Preprocess(max_translation=0.0, jitter=0.0, crop_size=16)(images, torch.Generator().manual_seed(0))
     assert cropped.shape == (4, 3, 16, 16)
+
+
+@pytest.mark.parametrize(("symmetry", "group_size"), [("hflip", 2), ("dihedral", 8)])
+def test_symmetry_gives_each_image_an_element_of_its_group(symmetry, group_size):
+    from cutpaste.core.augment.preprocess import random_symmetry
+
+    images = _images(batch=64, size=16)
+    out = random_symmetry(images, symmetry, torch.Generator().manual_seed(0))
+    seen = set()
+    for index in range(len(images)):
+        image = images[index]
+        elements = [torch.rot90(image.flip(-1) if element % 2 else image, element // 2, dims=(-2, -1)) for element in range(8)]
+        matches = [number for number, element in enumerate(elements[: 2 if symmetry == "hflip" else 8]) if torch.equal(out[index], element)]
+        assert matches, f"image {index} is not a {symmetry} image of its input"
+        seen.add(matches[0])
+    assert len(seen) == group_size  # 64 draws hit every element of the group
+    assert torch.equal(random_symmetry(images, "none", None), images)
+
+
+def test_symmetry_settings_are_checked():
+    from cutpaste.core.augment.preprocess import random_symmetry
+
+    with pytest.raises(ValueError, match="symmetry must be one of"):
+        Preprocess(symmetry="rotate")
+    with pytest.raises(ValueError, match="square images"):
+        random_symmetry(torch.zeros(2, 3, 8, 12), "dihedral", None)
+    out = Preprocess(max_translation=0.0, jitter=0.0, symmetry="hflip")(_images(batch=8), torch.Generator().manual_seed(1))
+    assert out.shape == (8, 3, 48, 48)

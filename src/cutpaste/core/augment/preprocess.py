@@ -40,19 +40,51 @@ def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | No
     return images.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
+SYMMETRIES = ("none", "hflip", "dihedral")
+
+
+def random_symmetry(images: torch.Tensor, symmetry: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Each image through its own random element of a symmetry group: ``hflip`` (identity or a
+    left-right mirror) or ``dihedral`` (the 8 flips and quarter turns of the square; square images only)."""
+    if symmetry == "none":
+        return images
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"augment.preprocess.symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
+    batch, _, height, width = images.shape
+    if symmetry == "dihedral" and height != width:
+        raise ValueError(f"symmetry 'dihedral' needs square images, got {height}x{width} px (use 'hflip')")
+    group = 2 if symmetry == "hflip" else 8
+    element = torch.randint(0, group, (batch,), generator=generator, device=images.device)
+    out = images.clone()
+    mirror = (element % 2) == 1
+    out[mirror] = out[mirror].flip(-1)
+    for turns in (1, 2, 3):
+        chosen = (element // 2) == turns
+        if chosen.any():
+            out[chosen] = torch.rot90(out[chosen], turns, dims=(-2, -1))
+    return out
+
+
 class Preprocess:
     """The ordinary augmentations applied to every view before the proxy task: random translation
     (reflect padding) and whole-image colour jitter; with ``crop_size``, a random crop first (the
-    patch-level model of the paper: crop 64 x 64 of the 256 x 256 image, then CutPaste inside it)."""
+    patch-level model of the paper: crop 64 x 64 of the 256 x 256 image, then CutPaste inside it).
+    ``symmetry`` (not in the paper; ``none`` keeps its augmentations) adds a random mirror (``hflip``)
+    or flip-and-quarter-turn (``dihedral``) per view: more distinct views of few training images,
+    for textures and rotation-free parts; keep ``none`` for parts whose pose is fixed."""
 
-    def __init__(self, max_translation: float = 0.1, jitter: float = 0.1, crop_size: int | None = None) -> None:
+    def __init__(self, max_translation: float = 0.1, jitter: float = 0.1, crop_size: int | None = None, symmetry: str = "none") -> None:
+        if symmetry not in SYMMETRIES:
+            raise ValueError(f"augment.preprocess.symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
         self.max_translation = max_translation
         self.jitter = jitter
         self.crop_size = crop_size
+        self.symmetry = symmetry
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.crop_size:
             images = random_crop(images, self.crop_size, generator)
+        images = random_symmetry(images, self.symmetry, generator)
         images = random_translate(images, self.max_translation, generator)
         if self.jitter > 0:
             images = color_jitter(images, sample_jitter(images.shape[0], self.jitter, generator, images.device))
