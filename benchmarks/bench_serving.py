@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
 import io
 import json
 import os
@@ -33,7 +32,7 @@ from PIL import Image
 
 from cutpaste.core.data import read_image
 from cutpaste.core.detector import Detector, list_images
-from cutpaste.processes import free_port, stop_process_group
+from cutpaste.processes import free_port, stop_process_group, wait_until_answers
 from cutpaste.serving import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, encode_image_file, save_pyfunc
 
 BIN_DIR = Path(sys.executable).parent
@@ -43,15 +42,10 @@ def start_server(model_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [str(BIN_DIR / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before answering /ping")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5):
-                return process
-        except (OSError, http.client.HTTPException):  # not listening yet, or not speaking HTTP yet
-            time.sleep(0.5)
+    if wait_until_answers(process, f"http://127.0.0.1:{port}/ping", timeout_s=180) is not None:
+        return process
+    if process.poll() is not None:
+        raise RuntimeError(f"server exited with {process.returncode} before answering /ping")
     stop_process_group(process)
     raise RuntimeError("server did not answer /ping within 180 s")
 

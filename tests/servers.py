@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from cutpaste.processes import free_port  # below the ephemeral range (see its docstring)
+from cutpaste.processes import (
+    free_port,  # below the ephemeral range (see its docstring)
+    wait_until_answers,
+)
 from cutpaste.processes import stop_process_group as stop
 
 BIN_DIR = Path(sys.executable).parent
@@ -26,13 +26,9 @@ def start(command: list[str], cwd: Path | None = None) -> subprocess.Popen:
 
 def wait_for(process: subprocess.Popen, url: str, timeout: float = 180) -> bytes:
     """GET ``url`` until it answers; fails with the server's output if it dies or never answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read()
-        except (OSError, http.client.HTTPException):  # not listening yet, or not speaking HTTP yet
-            time.sleep(1)
+    body = wait_until_answers(process, url, timeout, interval_s=1)
+    if body is not None:
+        return body
     output = process.stdout.read().decode(errors="replace")[-3000:] if process.poll() is not None else "(still running)"
     raise AssertionError(f"{url} did not answer within {timeout} s: {output}")
 

@@ -3,11 +3,14 @@ them and a way to stop them with their workers."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import signal
 import socket
 import subprocess
+import time
+import urllib.request
 
 
 def free_port() -> int:
@@ -32,3 +35,16 @@ def stop_process_group(process: subprocess.Popen, timeout_s: float = 30) -> None
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def wait_until_answers(process: subprocess.Popen, url: str, timeout_s: float, interval_s: float = 0.5) -> bytes | None:
+    """GET ``url`` until it answers; its body, or None when ``process`` exits or ``timeout_s`` passes first.
+    A refused connection or a reply that is not HTTP yet both mean "not ready"."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except (OSError, http.client.HTTPException):
+            time.sleep(interval_s)
+    return None

@@ -10,16 +10,14 @@ exits non-zero when a task failed. On a cluster the same DAG file goes into the 
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from cutpaste.processes import free_port, stop_process_group
+from cutpaste.processes import free_port, stop_process_group, wait_until_answers
 
 BIN_DIR = Path(sys.executable).parent
 
@@ -56,16 +54,8 @@ def run_dag(dag_id: str, project_path: Path, dags_folder: Path | None = None, ai
         server = subprocess.Popen([str(BIN_DIR / "airflow"), "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
                                   env=env, cwd=project_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (OSError, http.client.HTTPException):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the Airflow task API did not start; see {Path(airflow_home) / 'api-server.log'}") from None
-                time.sleep(0.5)
+        if wait_until_answers(server, f"http://127.0.0.1:{port}/execution/health", timeout_s=120) is None:
+            raise RuntimeError(f"the Airflow task API did not start; see {Path(airflow_home) / 'api-server.log'}")
         return subprocess.run([str(BIN_DIR / "airflow"), "dags", "test", dag_id, "--use-executor"], env=env, cwd=project_path,
                               capture_output=True, text=True, timeout=timeout_s, check=False)
     finally:

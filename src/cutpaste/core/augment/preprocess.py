@@ -43,13 +43,17 @@ def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | No
 SYMMETRIES = ("none", "hflip", "dihedral")
 
 
+def check_symmetry(symmetry: str) -> None:
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"augment.preprocess.symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
+
+
 def random_symmetry(images: torch.Tensor, symmetry: str, generator: torch.Generator | None) -> torch.Tensor:
     """Each image through its own random element of a symmetry group: ``hflip`` (identity or a
     left-right mirror) or ``dihedral`` (the 8 flips and quarter turns of the square; square images only)."""
+    check_symmetry(symmetry)
     if symmetry == "none":
         return images
-    if symmetry not in SYMMETRIES:
-        raise ValueError(f"augment.preprocess.symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
     batch, _, height, width = images.shape
     if symmetry == "dihedral" and height != width:
         raise ValueError(f"symmetry 'dihedral' needs square images, got {height}x{width} px (use 'hflip')")
@@ -74,8 +78,7 @@ class Preprocess:
     for textures and rotation-free parts; keep ``none`` for parts whose pose is fixed."""
 
     def __init__(self, max_translation: float = 0.1, jitter: float = 0.1, crop_size: int | None = None, symmetry: str = "none") -> None:
-        if symmetry not in SYMMETRIES:
-            raise ValueError(f"augment.preprocess.symmetry must be one of {SYMMETRIES}, got {symmetry!r}")
+        check_symmetry(symmetry)
         self.max_translation = max_translation
         self.jitter = jitter
         self.crop_size = crop_size
