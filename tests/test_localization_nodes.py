@@ -10,7 +10,7 @@ from cutpaste.pipelines.localization import nodes
 
 LOCALIZATION = {
     "train_patch_size": 128, "extract_patch_size": 128, "stride": 64, "sigma": 8.0, "batch_size": 256,
-    "per_location_categories": ["aligned"], "normalize": True, "normalize_statistic": "mean_std",
+    "per_location_categories": ["aligned"], "normalize": True, "normalize_statistic": "log_ratio",
     "density": {"floor_ratio": 0.1, "max_rank": 128, "storage_dtype": "float16"},
     "training": {"device": "cpu", "precision": "fp32", "memory_format": "auto", "progress": False},
 }
@@ -31,7 +31,7 @@ def test_normalisation_statistics_come_from_the_calibration_images_alone():
     assert len(split["calibration"]) == 5 and not set(split["fit"]) & set(split["calibration"])
     localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, LOCALIZATION, DENSITY)
     assert localizer.density.per_location and localizer.density.grid_ == 3
-    reference = normalization_statistics(localizer.score_grids(dataset["train_images"][split["calibration"]]))
+    reference = normalization_statistics(localizer.score_grids(dataset["train_images"][split["calibration"]]), "log_ratio")
     np.testing.assert_allclose(localizer.norm_center, reference[0], rtol=1e-6)
     np.testing.assert_allclose(localizer.norm_scale, reference[1], rtol=1e-6)
 

@@ -187,8 +187,27 @@ def test_normalization_statistics_match_numpy_and_floor_the_scale():
         normalization_statistics(grids[:1])
 
 
-@pytest.mark.parametrize("per_location", [True, False])
-def test_localizer_round_trip_keeps_maps_and_normalisation(tmp_path, per_location):
+
+def test_log_ratio_normalisation_reads_log2_of_the_score_over_the_locations_normal_score():
+    from cutpaste.core.localize import normalization_statistics, normalize_grids
+
+    rng = np.random.default_rng(0)
+    typical = np.array([[1.0, 10.0], [100.0, 1e4]])  # locations whose normal scores differ by four decades
+    calibration = typical * rng.lognormal(0.0, 0.3, size=(8, 2, 2))
+    center, scale = normalization_statistics(calibration, "log_ratio")
+    np.testing.assert_allclose(center, np.log2(calibration).mean(0))
+    np.testing.assert_array_equal(scale, np.ones((2, 2)))
+    geometric_mean = 2.0 ** center
+    normalized = normalize_grids(np.stack([geometric_mean, 2 * geometric_mean, 0 * geometric_mean]), center, scale, "log_ratio")
+    np.testing.assert_allclose(normalized[0], 0.0, atol=1e-12)  # as normal as the calibration images there
+    np.testing.assert_allclose(normalized[1], 1.0)  # twice the normal score, at every location alike
+    assert np.isfinite(normalized[2]).all()  # a zero score (floored) stays finite
+    with pytest.raises(ValueError, match="statistic"):
+        normalize_grids(calibration, center, scale, "zscore")
+
+
+@pytest.mark.parametrize(("per_location", "statistic"), [(True, "log_ratio"), (False, "log_ratio"), (True, "mean_std")])
+def test_localizer_round_trip_keeps_maps_and_normalisation(tmp_path, per_location, statistic):
     from cutpaste.core.aligned import aligned_object_dataset
     from cutpaste.core.localize import Localizer
 
@@ -196,11 +215,11 @@ def test_localizer_round_trip_keeps_maps_and_normalisation(tmp_path, per_locatio
     localizer = _tiny_localizer(per_location, data["train_images"][:5])
     with pytest.raises(ValueError, match="no calibration statistics"):
         localizer.score_maps(data["test_images"], normalized=True)
-    localizer.calibrate(data["train_images"][5:])
+    localizer.calibrate(data["train_images"][5:], statistic)
     maps = localizer.score_maps(data["test_images"])
     localizer.save(tmp_path / "loc")
     loaded = Localizer.load(tmp_path / "loc")
-    assert loaded.normalized and loaded.norm_statistic == "mean_std"
+    assert loaded.normalized and loaded.norm_statistic == statistic
     np.testing.assert_allclose(loaded.score_maps(data["test_images"]), maps, rtol=1e-5, atol=1e-5)
     assert not (tmp_path / "loc" / "patch_density.pkl").exists()
     with pytest.raises(ValueError, match="localizer works at 24"):

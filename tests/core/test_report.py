@@ -52,4 +52,8 @@ def test_localization_figure_gives_every_heatmap_a_colour_bar():
     figure = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), rng.random((2, 16, 16)), ["a", "b"], "t")
     labels = [axis.get_ylabel() for axis in figure.axes if axis.get_ylabel()]
     assert len(figure.axes) == 2 * 4 + 2 * 2 and labels.count("GradCAM / its max") == 2
-    assert labels.count("patch score (normal spreads above normal)") == 2
+    assert labels.count("patch score (log2 of score / normal score here)") == 2
+    spreads = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), None, ["a", "b"], "t", normalization="mean_std")
+    assert [axis.get_ylabel() for axis in spreads.axes if axis.get_ylabel()].count("patch score (normal spreads above normal)") == 2
+    raw = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), None, ["a", "b"], "t", normalization=None)
+    assert [axis.get_ylabel() for axis in raw.axes if axis.get_ylabel()].count("patch score (raw Mahalanobis$^2$)") == 2

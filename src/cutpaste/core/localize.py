@@ -283,25 +283,37 @@ class LocationDensity:
         return int(sum(np.asarray(value).nbytes for value in self.to_arrays().values()))
 
 
-NORMALIZE_STATISTICS = ("mean_std", "median_mad")
+NORMALIZE_STATISTICS = ("log_ratio", "mean_std", "median_mad")
+_SCORE_FLOOR = 1e-12  # squared Mahalanobis distances are >= 0; the log needs > 0
 
 
-def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "mean_std", scale_floor_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def log2_scores(grids: np.ndarray) -> np.ndarray:
+    """log2 of patch scores (squared Mahalanobis distances), floored above zero."""
+    return np.log2(np.maximum(np.asarray(grids, dtype=np.float64), _SCORE_FLOOR))
+
+
+def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "log_ratio", scale_floor_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Per-location centre and scale of the patch scores of normal calibration images.
 
     Args:
         calibration_grids: (K, G, G) patch scores of K >= 2 normal images that neither the patch model
             nor the density saw (the calibration split of the training images).
-        statistic: "mean_std" (mean, standard deviation) or "median_mad" (median, 1.4826 x median
-            absolute deviation: robust to one odd calibration image).
-        scale_floor_ratio: each scale is at least this times the median scale over locations, so a
-            location whose calibration scores barely vary is not magnified without bound.
+        statistic: "log_ratio" (centre: the mean of the log2 scores, the log of the location's
+            geometric-mean normal score; scale 1: a map reads log2(score / normal score here), so
+            1 = twice the normal score; no spread is estimated from the few calibration images),
+            "mean_std" (mean, standard deviation) or "median_mad" (median, 1.4826 x median absolute
+            deviation: robust to one odd calibration image).
+        scale_floor_ratio: for "mean_std" / "median_mad", each scale is at least this times the median
+            scale over locations, so a location whose calibration scores barely vary is not magnified
+            without bound.
     Returns:
-        center (G, G), scale (G, G), float64, scale > 0.
+        center (G, G), scale (G, G), float64, scale > 0 (apply with :func:`normalize_grids`).
     """
     grids = np.asarray(calibration_grids, dtype=np.float64)
     if grids.ndim != 3 or len(grids) < 2:
         raise ValueError(f"need (K >= 2, G, G) calibration score grids, got shape {grids.shape}")
+    if statistic == "log_ratio":
+        return log2_scores(grids).mean(0), np.ones(grids.shape[1:])
     if statistic == "mean_std":
         center, scale = grids.mean(0), grids.std(0, ddof=1)
     elif statistic == "median_mad":
@@ -312,6 +324,14 @@ def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "me
     floor = scale_floor_ratio * float(np.median(scale))
     scale = np.maximum(scale, floor if floor > 0 else 1e-12)
     return center, scale
+
+
+def normalize_grids(grids: np.ndarray, center: np.ndarray, scale: np.ndarray, statistic: str) -> np.ndarray:
+    """Raw (N, G, G) patch scores -> normalised ones, with the statistics of :func:`normalization_statistics`."""
+    if statistic not in NORMALIZE_STATISTICS:
+        raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
+    values = log2_scores(grids) if statistic == "log_ratio" else grids
+    return (values - center) / scale
 
 
 def gradcam(model: nn.Module, density: GaussianDensity, images: np.ndarray, batch_size: int = 16, device: str = "auto") -> np.ndarray:
@@ -355,10 +375,12 @@ class Localizer:
     """A trained patch model with its density, geometry and (optionally) per-location normalisation:
     new images -> (N, S, S) score maps.
 
-    Normalisation (:meth:`calibrate`): the patch scores at each grid location are standardised by the
-    centre and scale of the scores of normal calibration images at that location (see
-    :func:`normalization_statistics`), before upsampling. A normalised map reads "how many normal
-    spreads above the normal level", comparable across locations and images.
+    Normalisation (:meth:`calibrate`): the patch scores at each grid location are compared with the
+    scores of normal calibration images at that location (see :func:`normalization_statistics`),
+    before upsampling. With "log_ratio" (the default) a map reads log2(score / the location's normal
+    score): 0 = as normal as the calibration images there, 1 = twice that; with "mean_std" /
+    "median_mad" it reads in normal spreads above the normal level. Either way comparable across
+    locations and images.
 
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
@@ -389,7 +411,7 @@ class Localizer:
             raise ValueError(f"images are {images.shape[1:3]}, the localizer works at {self.image_size} x {self.image_size} px")
         return score_patch_grid(self._network(), images, self.density, self.patch_size, self.stride, progress=progress, **self.embed_args)
 
-    def calibrate(self, calibration_images: np.ndarray, statistic: str = "mean_std", progress: bool = False) -> np.ndarray:
+    def calibrate(self, calibration_images: np.ndarray, statistic: str = "log_ratio", progress: bool = False) -> np.ndarray:
         """Set the per-location normalisation from normal calibration images (unseen by the patch model
         and the density); returns their (K, G, G) raw patch scores."""
         grids = self.score_grids(calibration_images, progress=progress)
@@ -404,7 +426,7 @@ class Localizer:
         normalized = self.normalized if normalized is None else normalized
         if normalized and not self.normalized:
             raise ValueError("normalised maps asked for, but the localizer has no calibration statistics (call calibrate)")
-        grids = (grids - self.norm_center) / self.norm_scale if normalized else grids
+        grids = normalize_grids(grids, self.norm_center, self.norm_scale, self.norm_statistic) if normalized else grids
         maps = receptive_field_upsample(grids, self.patch_size, self.stride, self.sigma)
         pad = self.image_size - maps.shape[-1]
         return np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)

@@ -90,7 +90,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization))
     if localization.get("normalize", True):
-        statistic = str(localization.get("normalize_statistic", "mean_std"))
+        statistic = str(localization.get("normalize_statistic", "log_ratio"))
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
         localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
     logger.info("%s: patch density %.1f MB", dataset["category"], fitted.nbytes() / 1e6)
@@ -132,7 +132,8 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, cams: np.ndarr
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
-                                        f"{dataset['category']}: localization", normalized=normalized)
+                                        f"{dataset['category']}: localization",
+                                        normalization=str(localization.get("normalize_statistic", "log_ratio")) if normalized else None)
     return metrics, figure
 
 
