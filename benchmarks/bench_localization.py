@@ -92,9 +92,10 @@ def storage_check(folder: str, data_root: str, category: str, holdout_fraction: 
         calibration = localizer.score_grids(data.train_images[split["calibration"]])
         grids = localizer.score_grids(data.test_images)
         print(f"{category} {name}: density {localizer.density.nbytes() / 1e6:.0f} MB")
-        for statistic in (None, "mean_std", "median_mad"):
+        for statistic in (None, "log_ratio", "mean_std", "median_mad"):
             if statistic:
                 localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, statistic)
+                localizer.norm_statistic = statistic
             maps = localizer.maps_from_grids(grids, normalized=statistic is not None)
             print(f"  {statistic or 'raw':>10}: pixel AUROC {100 * pixel_auroc(data.test_masks, maps):5.1f}, AUPRO {100 * aupro(data.test_masks, maps):5.1f}, "
                   f"map-max image AUROC {100 * image_auroc(labels, maps.reshape(len(maps), -1).max(1)):5.1f}")
