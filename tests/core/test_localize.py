@@ -187,7 +187,6 @@ def test_normalization_statistics_match_numpy_and_floor_the_scale():
         normalization_statistics(grids[:1])
 
 
-
 def test_log_ratio_normalisation_reads_log2_of_the_score_over_the_locations_normal_score():
     from cutpaste.core.localize import normalization_statistics, normalize_grids
 

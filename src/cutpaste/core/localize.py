@@ -287,6 +287,11 @@ NORMALIZE_STATISTICS = ("log_ratio", "mean_std", "median_mad")
 _SCORE_FLOOR = 1e-12  # squared Mahalanobis distances are >= 0; the log needs > 0
 
 
+def check_statistic(statistic: str) -> None:
+    if statistic not in NORMALIZE_STATISTICS:
+        raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
+
+
 def log2_scores(grids: np.ndarray) -> np.ndarray:
     """log2 of patch scores (squared Mahalanobis distances), floored above zero."""
     return np.log2(np.maximum(np.asarray(grids, dtype=np.float64), _SCORE_FLOOR))
@@ -312,15 +317,14 @@ def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "lo
     grids = np.asarray(calibration_grids, dtype=np.float64)
     if grids.ndim != 3 or len(grids) < 2:
         raise ValueError(f"need (K >= 2, G, G) calibration score grids, got shape {grids.shape}")
+    check_statistic(statistic)
     if statistic == "log_ratio":
         return log2_scores(grids).mean(0), np.ones(grids.shape[1:])
     if statistic == "mean_std":
         center, scale = grids.mean(0), grids.std(0, ddof=1)
-    elif statistic == "median_mad":
+    else:  # median_mad
         center = np.median(grids, 0)
         scale = 1.4826 * np.median(np.abs(grids - center), 0)
-    else:
-        raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
     floor = scale_floor_ratio * float(np.median(scale))
     scale = np.maximum(scale, floor if floor > 0 else 1e-12)
     return center, scale
@@ -328,8 +332,7 @@ def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "lo
 
 def normalize_grids(grids: np.ndarray, center: np.ndarray, scale: np.ndarray, statistic: str) -> np.ndarray:
     """Raw (N, G, G) patch scores -> normalised ones, with the statistics of :func:`normalization_statistics`."""
-    if statistic not in NORMALIZE_STATISTICS:
-        raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
+    check_statistic(statistic)
     values = log2_scores(grids) if statistic == "log_ratio" else grids
     return (values - center) / scale
 

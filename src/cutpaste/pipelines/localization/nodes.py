@@ -63,6 +63,11 @@ def _embed_args(localization: dict) -> dict:
             "memory_format": training["memory_format"]}
 
 
+def _normalization(localization: dict) -> str | None:
+    """The statistic the maps are normalised with (``localization.normalize_statistic``), None for raw maps."""
+    return str(localization.get("normalize_statistic", "log_ratio")) if localization.get("normalize", True) else None
+
+
 def _per_location(category: str, localization: dict) -> bool:
     return category in set(localization.get("per_location_categories") or [])
 
@@ -89,8 +94,8 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
                                         sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization))
-    if localization.get("normalize", True):
-        statistic = str(localization.get("normalize_statistic", "log_ratio"))
+    statistic = _normalization(localization)
+    if statistic is not None:
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
         localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
     logger.info("%s: patch density %.1f MB", dataset["category"], fitted.nbytes() / 1e6)
@@ -116,7 +121,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, cams: np.ndarr
     (unnormalised) maps; GradCAM pixel AUROC; Figure 4 with the maps and colour bars."""
     masks = dataset["test_masks"]
     labels = index.loc[index["split"] == "test", "label"].to_numpy()
-    normalized = bool(localization.get("normalize", True))
+    normalization = _normalization(localization)
     metrics = {
         "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
         "image_auroc_from_map": image_auroc(labels, maps.reshape(len(maps), -1).max(1)),
@@ -125,15 +130,14 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, cams: np.ndarr
         "gradcam_pixel_auroc": pixel_auroc(masks, cams),
         "gradcam_image_auroc_from_map": image_auroc(labels, cams.reshape(len(cams), -1).max(1)),
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
-        "maps": "normalised" if normalized else "raw",
+        "maps": "normalised" if normalization is not None else "raw",
     }
     logger.info("%s: pixel AUROC %.4f (GradCAM %.4f), AUPRO %.4f", dataset["category"], metrics["pixel_auroc"], metrics["gradcam_pixel_auroc"], metrics["aupro"])
     defective = np.flatnonzero(labels)
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
-                                        f"{dataset['category']}: localization",
-                                        normalization=str(localization.get("normalize_statistic", "log_ratio")) if normalized else None)
+                                        f"{dataset['category']}: localization", normalization=normalization)
     return metrics, figure
 
 
