@@ -82,6 +82,31 @@ def test_per_location_density_matches_a_gde_per_location():
     np.testing.assert_allclose(unfloored.score_grid(test)[:, 1, 0], plain, rtol=1e-4)
 
 
+def test_a_neighbourhood_density_is_the_gde_of_the_pooled_window_and_survives_a_round_trip():
+    """neighborhood r: each location's Gaussian is the GDE of the (2r + 1)^2 window's vectors, clipped at
+    the border; both the eigh path (more pooled vectors than dimensions) and the SVD path are exact."""
+    rng = np.random.default_rng(0)
+    test = rng.normal(size=(4, 5, 5, 6)) + 10.0
+    for count in (3, 40):  # 3 x 9 = 27 pooled vectors > 6 dims (eigh); an edge location of 2 images x 4 = 8 > 6 too
+        features = rng.normal(size=(count, 5, 5, 6)) * np.linspace(0.5, 2, 6) + 10.0
+        density = LocationDensity(per_location=True, neighborhood=1, max_rank=None, storage_dtype="float32").fit(features)
+        assert density.settings()["neighborhood"] == 1
+        for row, column in ((2, 2), (0, 0), (0, 3)):
+            window = features[:, max(0, row - 1) : row + 2, max(0, column - 1) : column + 2].reshape(-1, 6)
+            reference = GaussianDensity(covariance_floor=density.floor_).fit(window)
+            np.testing.assert_allclose(density.score_grid(test)[:, row, column], reference.score_samples(test[:, row, column]), rtol=1e-4)
+        rebuilt = LocationDensity.from_arrays(density.settings(), density.to_arrays())
+        np.testing.assert_allclose(rebuilt.score_grid(test), density.score_grid(test), rtol=1e-6)
+    few = rng.normal(size=(2, 5, 5, 30))  # 2 x 9 = 18 pooled vectors < 30 dims: the SVD path
+    density = LocationDensity(per_location=True, neighborhood=1, max_rank=None, storage_dtype="float32").fit(few)
+    reference = GaussianDensity(covariance_floor=density.floor_).fit(few[:, 1:4, 1:4].reshape(-1, 30))
+    np.testing.assert_allclose(density.score_grid(few[:1])[:, 2, 2], reference.score_samples(few[:1, 2, 2]), rtol=1e-4)
+    plain = LocationDensity(per_location=True, storage_dtype="float32").fit(few)
+    assert plain.settings()["neighborhood"] == 0 and plain.bases_.shape[-1] == 2  # r = 0: rank N, as before
+    with pytest.raises(ValueError, match="neighborhood"):
+        LocationDensity(per_location=True, neighborhood=-1)
+
+
 def _constant_location_features(count, seed, background_noise):
     """(count, 2, 2, 16): location (0, 0) is plain background (the same vector up to ``background_noise``),
     the others vary as object patches do."""

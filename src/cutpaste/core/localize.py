@@ -141,7 +141,10 @@ class LocationDensity:
 
     Shared (textures, randomly rotated objects): one Gaussian over all N x G x G training vectors
     (subsampled to ``max_fit_vectors``). Per location (aligned objects): G x G Gaussians, each over
-    the N training vectors at that location.
+    the N training vectors at that location, or with ``neighborhood`` r > 0 over the vectors of the
+    (2r + 1) x (2r + 1) locations around it (clipped at the grid's border): a part whose pose varies
+    by a few pixels between images then has its edges inside each location's normal spread, and
+    every covariance is estimated from up to (2r + 1)^2 N vectors instead of N.
 
     Soundness: every covariance gets an absolute floor, ``floor_ratio`` times the mean per-dimension
     feature variance over all locations (after L2 normalisation), added to the shrunk estimate. A
@@ -160,7 +163,9 @@ class LocationDensity:
 
     def __init__(self, per_location: bool, shrinkage: str | float = "ledoit_wolf", l2_normalize: bool = True,
                  max_fit_vectors: int = 200_000, location_chunk: int = 256, seed: int = 0, floor_ratio: float = 0.1,
-                 max_rank: int | None = 128, storage_dtype: str = "float16") -> None:
+                 max_rank: int | None = 128, storage_dtype: str = "float16", neighborhood: int = 0) -> None:
+        if int(neighborhood) < 0:
+            raise ValueError(f"neighborhood must be >= 0 grid cells, got {neighborhood}")
         if storage_dtype not in ("float16", "float32"):
             raise ValueError(f"storage_dtype must be float16 or float32, got '{storage_dtype}'")
         if not floor_ratio >= 0:
@@ -176,12 +181,13 @@ class LocationDensity:
         self.floor_ratio = float(floor_ratio)
         self.max_rank = None if max_rank is None else int(max_rank)
         self.storage_dtype = storage_dtype
+        self.neighborhood = int(neighborhood)
 
     def settings(self) -> dict:
         """Constructor arguments (JSON-serialisable) that rebuild this density."""
         return {"per_location": self.per_location, "shrinkage": self.shrinkage, "l2_normalize": self.l2_normalize,
                 "floor_ratio": self.floor_ratio, "max_rank": self.max_rank, "storage_dtype": self.storage_dtype,
-                "location_chunk": self.location_chunk}
+                "location_chunk": self.location_chunk, "neighborhood": self.neighborhood}
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float64)
@@ -199,19 +205,32 @@ class LocationDensity:
         by_location = features.reshape(count, locations, dim)
         variances = np.array([self._prepare(by_location[:, location]).var(0).mean() for location in range(locations)])
         self.floor_ = float(self.floor_ratio * variances.mean())
-        rank = min(count, dim) if self.max_rank is None else min(self.max_rank, count, dim)
+        radius = self.neighborhood
+        pooled = count * min(2 * radius + 1, grid) ** 2  # vectors per location away from the border
+        rank = min(pooled, dim) if self.max_rank is None else min(self.max_rank, pooled, dim)
         self.means_ = np.empty((locations, dim), dtype=np.float32)
         self.bases_ = np.zeros((locations, dim, rank), dtype=self.storage_dtype)
         self.weights_ = np.zeros((locations, rank), dtype=np.float32)
         self.inv_residual_ = np.empty(locations, dtype=np.float32)
         for location in range(locations):
-            vectors = self._prepare(by_location[:, location])
+            if radius:
+                row, col = divmod(location, grid)
+                window = features[:, max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1]
+                vectors = self._prepare(window.reshape(-1, dim))
+            else:
+                vectors = self._prepare(by_location[:, location])
+            samples = len(vectors)
             mean = vectors.mean(0)
             centered = vectors - mean
             alpha = _shrinkage_coefficient(centered, self.shrinkage)
-            isotropic = alpha * float((centered**2).sum()) / (count * dim) + self.floor_
-            _, singular, right = np.linalg.svd(centered / math.sqrt(count), full_matrices=False)
-            eigen = (1 - alpha) * singular**2  # (min(N, D),) descending
+            isotropic = alpha * float((centered**2).sum()) / (samples * dim) + self.floor_
+            if samples > dim:  # many pooled vectors: the D x D covariance's eigenvectors are cheaper than an SVD
+                sample_eigen, vectors_by_column = np.linalg.eigh(centered.T @ centered / samples)
+                sample_eigen, right = np.clip(sample_eigen[::-1], 0, None), vectors_by_column[:, ::-1].T
+            else:
+                _, singular, right = np.linalg.svd(centered / math.sqrt(samples), full_matrices=False)
+                sample_eigen = singular**2
+            eigen = (1 - alpha) * sample_eigen  # (min(N, D),) descending
             kept = eigen[:rank]
             residual = isotropic + (eigen[rank:].sum() / (dim - rank) if rank < dim else 0.0)
             if residual <= 0:

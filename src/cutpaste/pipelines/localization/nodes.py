@@ -76,7 +76,8 @@ def _location_density(category: str, localization: dict, density: dict) -> Locat
     storage = localization.get("density") or {}
     return LocationDensity(_per_location(category, localization), density["shrinkage"], density["l2_normalize"],
                            floor_ratio=float(storage.get("floor_ratio", 0.1)), max_rank=storage.get("max_rank", 128),
-                           storage_dtype=str(storage.get("storage_dtype", "float16")))
+                           storage_dtype=str(storage.get("storage_dtype", "float16")),
+                           neighborhood=int(storage.get("neighborhood", 0)))
 
 
 def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, localization: dict, density: dict) -> localize.Localizer:

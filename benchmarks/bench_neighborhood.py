@@ -1,0 +1,89 @@
+"""Per-location patch GDE fitted on a grid location alone (r = 0) or on its (2r + 1)^2 neighbourhood.
+
+For each aligned category of an MVTec-layout root: trains the patch model once with the project's
+settings (``conf/<env>``, ``--set`` overrides), embeds the fit, calibration and test images once,
+then fits the per-location density for every radius in ``--radii`` on the same features and prints
+pixel AUROC, AUPRO and map-max image AUROC of the raw and the ``log_ratio`` maps (statistics from
+the calibration split: normal training images the patch model and the density never saw), with
+each fit's wall time. Writes ``<out>/neighborhood.csv``. Test labels feed the reported metrics only.
+
+    .venv/bin/python benchmarks/bench_neighborhood.py --data-root ../shared/data \\
+        --categories mpdd_metal_plate kolektorsdd --radii 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_budget import cpu_kind, project_parameters  # noqa: E402
+
+from cutpaste.core.localize import Localizer, dense_features, normalization_statistics  # noqa: E402
+from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
+from cutpaste.pipelines.detection.nodes import ingest_category  # noqa: E402
+from cutpaste.pipelines.localization import nodes  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--categories", nargs="+", required=True)
+    parser.add_argument("--radii", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--env", default="base")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default=str(ROOT / "data" / "08_reporting" / "neighborhood"))
+    args = parser.parse_args()
+    params = project_parameters(args.env, ["localization.training.progress=false", "localization_ingest.progress=false",
+                                           "localization.training.checkpoint_dir=null", *args.set])
+    localization = params["localization"]
+    print(f"# {cpu_kind()}; image size {params['localization_ingest']['image_size']}, patch model {localization['training']['steps']} steps", flush=True)
+    rows = []
+    for category in args.categories:
+        start = time.perf_counter()
+        dataset, _ = ingest_category(category, args.data_root, params["localization_ingest"])
+        split = nodes.split_training_images(dataset, params["threshold"])
+        network, _ = nodes.train_patch_model(dataset, split, params["model"], localization, params["augment"])
+        network.eval()
+        sizes, embed = nodes._sizes(localization, dataset["image_size"]), nodes._embed_args(localization)
+        features = {name: dense_features(network, images, sizes["extract_patch_size"], sizes["stride"], **embed)
+                    for name, images in (("fit", dataset["train_images"][split["fit"]]),
+                                         ("calibration", dataset["train_images"][split["calibration"]]), ("test", dataset["test_images"]))}
+        masks = dataset["test_masks"]
+        labels = (masks.reshape(len(masks), -1).max(1) > 0).astype(int)
+        print(f"{category}: patch model and features in {time.perf_counter() - start:.0f} s; {len(split['fit'])} fit, "
+              f"{len(split['calibration'])} calibration, {len(masks)} test images; {sizes['grid']}x{sizes['grid']} grid", flush=True)
+        for radius in args.radii:
+            fit_start = time.perf_counter()
+            settings = {**localization, "density": {**localization["density"], "neighborhood": radius}}
+            density = nodes._location_density(category, settings, params["density"]).fit(features["fit"])
+            fit_s = time.perf_counter() - fit_start
+            localizer = Localizer(network.state_dict(), dict(params["model"]), density, dataset["image_size"],
+                                  sizes["extract_patch_size"], sizes["stride"], sizes["sigma"], embed)
+            calibration, test = density.score_grid(features["calibration"]), density.score_grid(features["test"])
+            localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
+            localizer.norm_statistic = "log_ratio"
+            for maps_kind in ("raw", "log_ratio"):
+                maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio")
+                row = {"category": category, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
+                       "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
+                       "map_max_image_auroc": image_auroc(labels, maps.reshape(len(maps), -1).max(1)), "fit_s": round(fit_s, 1)}
+                rows.append(row)
+                print(f"{category} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
+                      f"map-max image AUROC {100 * row['map_max_image_auroc']:5.1f} (fit {fit_s:.0f} s)", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "neighborhood.csv", index=False)
+    print(f"wrote {out / 'neighborhood.csv'}; peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
