@@ -135,7 +135,41 @@ def local_scores(network: CutPasteNet, data, split: dict, levels: tuple[int, ...
     return score(train_maps[split["calibration"]]), score(test_maps)
 
 
-def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, local: list[str] = (), extra_quantiles: list[float] = ()) -> dict:
+def threshold_rates(calibration_scores: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold_params: dict,
+                    extra_quantiles: list[float] = ()) -> dict:
+    """The threshold's false- and true-positive rates on the test images (and at ``extra_quantiles``)."""
+    method = threshold_params.get("method", "lognormal")
+    row = {}
+    for quantile in [float(threshold_params["quantile"]), *extra_quantiles]:
+        flagged = scores > fit_threshold(calibration_scores, quantile, method).value
+        tag = "threshold" if not row else f"q{round(100 * quantile)}"
+        prefix = ("threshold_fpr", "threshold_tpr") if tag == "threshold" else (f"fpr_{tag}", f"tpr_{tag}")
+        row[prefix[0]], row[prefix[1]] = float(flagged[labels == 0].mean()), float(flagged[labels == 1].mean())
+    return row
+
+
+def calibrated_ensemble(members: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Combine the models of a seed ensemble: each model's scores divided by the geometric mean of its
+    calibration scores (normal images held out of training), then the geometric mean over models.
+    Every member weighs the same whatever the scale of its Mahalanobis distances; the result stays
+    positive, so the log-normal threshold applies to it unchanged.
+
+    Args:
+        members: per model, (calibration scores (n,), test scores (m,)).
+
+    Returns:
+        (combined calibration scores (n,), combined test scores (m,)).
+    """
+    calibration_logs, test_logs = [], []
+    for calibration, test in members:
+        reference = np.log(calibration).mean()
+        calibration_logs.append(np.log(calibration) - reference)
+        test_logs.append(np.log(test) - reference)
+    return np.exp(np.mean(calibration_logs, 0)), np.exp(np.mean(test_logs, 0))
+
+
+def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, local: list[str] = (), extra_quantiles: list[float] = (),
+            scores_out: list | None = None) -> dict:
     training = parameters["training"]
     trainer = make_trainer(parameters, steps)
     start = time.perf_counter()
@@ -148,21 +182,17 @@ def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, loca
     density = GaussianDensity(parameters["density"]["shrinkage"], parameters["density"]["l2_normalize"]).fit(train_features[split["fit"]])
     calibration_scores = density.score_samples(train_features[split["calibration"]])
     threshold_params = parameters["threshold"]
-    threshold = fit_threshold(calibration_scores, float(threshold_params["quantile"]), threshold_params.get("method", "lognormal"))
     scores = density.score_samples(test_features)
     labels = data.test_labels
-    flagged = scores > threshold.value
+    if scores_out is not None:
+        scores_out.append((calibration_scores, scores))
     row = {
         "steps": steps, "n_calibration": len(split["calibration"]), "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - start, 1),
         "image_auroc": image_auroc(labels, scores),
         "holdout_proxy_accuracy": proxy_accuracy(trainer, data.train_images[split["calibration"]]),
         "final_train_loss": float(history["loss"].tail(50).mean()),
-        "threshold_fpr": float(flagged[labels == 0].mean()), "threshold_tpr": float(flagged[labels == 1].mean()),
+        **threshold_rates(calibration_scores, scores, labels, threshold_params, extra_quantiles),
     }
-    for quantile in extra_quantiles:  # the same scores against other quantiles of the calibration bound
-        other = scores > fit_threshold(calibration_scores, quantile, threshold_params.get("method", "lognormal")).value
-        tag = f"q{round(100 * quantile)}"
-        row[f"fpr_{tag}"], row[f"tpr_{tag}"] = float(other[labels == 0].mean()), float(other[labels == 1].mean())
     for name in local:
         levels = tuple(int(level) for level in name.removeprefix("layer"))
         calibration_local, test_local = local_scores(network, data, split, levels, parameters["density"])
@@ -191,6 +221,8 @@ def main() -> None:
     parser.add_argument("--gradcam", action="store_true", help="also GradCAM pixel AUROC")
     parser.add_argument("--local", nargs="*", default=[], help="also score by the max of a GDE on feature maps: layer2, layer3, layer23")
     parser.add_argument("--quantiles", nargs="*", type=float, default=[], help="also the threshold's FPR/TPR at these calibration quantiles, e.g. 0.9 0.95")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train this many models per budget (training.seed, +1, ...) and add a row for their calibrated ensemble")
     parser.add_argument("--out", default=str(ROOT / "data" / "08_reporting" / "budget"))
     args = parser.parse_args()
 
@@ -208,10 +240,26 @@ def main() -> None:
         step_s = seconds_per_step(parameters, data.train_images[split["fit"]])
         plan = [(None, steps) for steps in args.steps] if args.steps else [(minutes, int(minutes * 60 / step_s)) for minutes in args.budgets]
         for minutes, steps in plan:
-            row = {"category": category, "setting": args.label, "budget_min": minutes, "seconds_per_step": round(step_s, 3),
-                   **run_one(parameters, data, split, steps, args.gradcam, args.local, args.quantiles)}
-            rows.append(row)
-            print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
+            members = []
+            for offset in range(args.seeds):
+                seeded = {**parameters, "training": {**parameters["training"], "seed": int(parameters["training"]["seed"]) + offset}}
+                row = {"category": category, "setting": args.label, "budget_min": minutes, "seconds_per_step": round(step_s, 3),
+                       "seed": seeded["training"]["seed"], "models": 1,
+                       **run_one(seeded, data, split, steps, args.gradcam, args.local, args.quantiles, members)}
+                rows.append(row)
+                print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
+            if args.seeds > 1:
+                calibration, combined = calibrated_ensemble(members)
+                member_rows = rows[-args.seeds :]
+                row = {"category": category, "setting": f"{args.label} ensemble".strip(), "budget_min": minutes,
+                       "seconds_per_step": round(step_s, 3), "seed": "all", "models": args.seeds, "steps": steps,
+                       "n_calibration": len(split["calibration"]),
+                       "train_s": round(sum(member["train_s"] for member in member_rows), 1),
+                       "total_s": round(sum(member["total_s"] for member in member_rows), 1),
+                       "image_auroc": image_auroc(data.test_labels, combined),
+                       **threshold_rates(calibration, combined, data.test_labels, parameters["threshold"], args.quantiles)}
+                rows.append(row)
+                print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
     table = pd.DataFrame(rows)
     csv = out / "budget.csv"
     if csv.is_file():  # earlier runs' rows stay: one table for every setting tried
@@ -229,9 +277,11 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (category, setting), rows in table.groupby(["category", table["setting"].fillna("")], sort=False):
+    seeds = table["seed"].astype(str).replace("nan", "") if "seed" in table else pd.Series("", index=table.index)
+    several = seeds[seeds != "all"].nunique() > 1
+    for (category, setting, seed), rows in table.groupby(["category", table["setting"].fillna(""), seeds], sort=False):
         curve = rows.sort_values("train_s")
-        label = f"{category} {setting}".strip()
+        label = f"{category} {setting}{f' seed {seed}' if several and seed not in ('', 'all') else ''}".strip()
         axes[0].plot(curve["train_s"] / 60, 100 * curve["image_auroc"], marker="o", label=label)
         axes[1].plot(curve["steps"], 100 * curve["image_auroc"], marker="o", label=label)
     axes[0].set_xlabel("training wall time per category (min)")
