@@ -9,6 +9,11 @@ each fit's wall time. Writes ``<out>/neighborhood.csv``. Test labels feed the re
 
     .venv/bin/python benchmarks/bench_neighborhood.py --data-root ../shared/data \\
         --categories mpdd_metal_plate kolektorsdd --radii 0 1 2
+    .venv/bin/python benchmarks/bench_neighborhood.py --synthetic   # the synthetic aligned object, no data needed
+
+``--synthetic`` runs the same comparison on the synthetic aligned object of ``core.aligned`` (a fixed
+pose, constant background; 30 fit, 10 calibration, 30 test images at the localization working size,
+the base patch geometry, an untrained encoder): what a neighbourhood costs where nothing moves.
 """
 
 from __future__ import annotations
@@ -33,10 +38,55 @@ from cutpaste.pipelines.detection.nodes import ingest_category  # noqa: E402
 from cutpaste.pipelines.localization import nodes  # noqa: E402
 
 
+def evaluate(name: str, radius: int, density, localizer: Localizer, features: dict, masks, labels, fit_s: float) -> list[dict]:
+    """Raw and ``log_ratio`` maps of one fitted density: pixel AUROC, AUPRO, map-max image AUROC."""
+    calibration, test = density.score_grid(features["calibration"]), density.score_grid(features["test"])
+    localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
+    localizer.norm_statistic = "log_ratio"
+    rows = []
+    for maps_kind in ("raw", "log_ratio"):
+        maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio")
+        row = {"category": name, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
+               "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
+               "map_max_image_auroc": image_auroc(labels, maps.reshape(len(maps), -1).max(1)), "fit_s": round(fit_s, 1),
+               "density_mb": round(density.nbytes() / 1e6)}
+        rows.append(row)
+        print(f"{name} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
+              f"map-max image AUROC {100 * row['map_max_image_auroc']:5.1f} (fit {fit_s:.0f} s, density {row['density_mb']} MB)", flush=True)
+    return rows
+
+
+def synthetic(params: dict, radii: list[int]) -> list[dict]:
+    """The comparison on the synthetic aligned object (fixed pose), untrained encoder, base geometry."""
+    import torch
+
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import LocationDensity
+
+    localization, size = params["localization"], int(params["localization_ingest"]["image_size"])
+    sizes, embed = nodes._sizes(localization, size), nodes._embed_args(localization)
+    data = aligned_object_dataset(size=size, n_train=40, n_test_good=10, n_test_defect=20)
+    torch.manual_seed(0)
+    network = nodes.build_model(params["model"], 3).eval()
+    features = {name: dense_features(network, images, sizes["extract_patch_size"], sizes["stride"], **embed)
+                for name, images in (("fit", data["train_images"][:30]), ("calibration", data["train_images"][30:]), ("test", data["test_images"]))}
+    print(f"synthetic aligned object, {size} px, {sizes['grid']}x{sizes['grid']} grid, untrained encoder", flush=True)
+    rows = []
+    for radius in radii:
+        start = time.perf_counter()
+        storage = localization["density"]
+        density = LocationDensity(True, params["density"]["shrinkage"], params["density"]["l2_normalize"], floor_ratio=float(storage["floor_ratio"]),
+                                  max_rank=storage["max_rank"], storage_dtype=storage["storage_dtype"], neighborhood=radius).fit(features["fit"])
+        localizer = Localizer(network.state_dict(), dict(params["model"]), density, size, sizes["extract_patch_size"], sizes["stride"], sizes["sigma"], embed)
+        rows += evaluate("synthetic_aligned", radius, density, localizer, features, data["test_masks"], data["test_labels"], time.perf_counter() - start)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", required=True)
-    parser.add_argument("--categories", nargs="+", required=True)
+    parser.add_argument("--data-root")
+    parser.add_argument("--categories", nargs="*", default=[])
+    parser.add_argument("--synthetic", action="store_true", help="also the synthetic aligned object (no data needed)")
     parser.add_argument("--radii", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--env", default="base")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -46,7 +96,9 @@ def main() -> None:
                                            "localization.training.checkpoint_dir=null", *args.set])
     localization = params["localization"]
     print(f"# {cpu_kind()}; image size {params['localization_ingest']['image_size']}, patch model {localization['training']['steps']} steps", flush=True)
-    rows = []
+    if args.categories and not args.data_root:
+        parser.error("--categories needs --data-root")
+    rows = synthetic(params, args.radii) if args.synthetic else []
     for category in args.categories:
         start = time.perf_counter()
         dataset, _ = ingest_category(category, args.data_root, params["localization_ingest"])
@@ -68,17 +120,7 @@ def main() -> None:
             fit_s = time.perf_counter() - fit_start
             localizer = Localizer(network.state_dict(), dict(params["model"]), density, dataset["image_size"],
                                   sizes["extract_patch_size"], sizes["stride"], sizes["sigma"], embed)
-            calibration, test = density.score_grid(features["calibration"]), density.score_grid(features["test"])
-            localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
-            localizer.norm_statistic = "log_ratio"
-            for maps_kind in ("raw", "log_ratio"):
-                maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio")
-                row = {"category": category, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
-                       "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
-                       "map_max_image_auroc": image_auroc(labels, maps.reshape(len(maps), -1).max(1)), "fit_s": round(fit_s, 1)}
-                rows.append(row)
-                print(f"{category} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
-                      f"map-max image AUROC {100 * row['map_max_image_auroc']:5.1f} (fit {fit_s:.0f} s)", flush=True)
+            rows += evaluate(category, radius, density, localizer, features, masks, labels, fit_s)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "neighborhood.csv", index=False)
