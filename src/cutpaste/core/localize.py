@@ -7,6 +7,7 @@ G = (S - patch_size) // stride + 1 (paper: S 256, patch 32, stride 4 -> G 57); s
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -15,6 +16,8 @@ from torch import nn
 
 from cutpaste.core.density import GaussianDensity, l2_normalize
 from cutpaste.core.train import images_to_tensor, resolve_device, resolve_memory_format, resolve_precision
+
+logger = logging.getLogger(__name__)
 
 
 def grid_size(image_size: int, patch_size: int, stride: int) -> int:
@@ -213,6 +216,9 @@ class LocationDensity:
         self.weights_ = np.zeros((locations, rank), dtype=np.float32)
         self.inv_residual_ = np.empty(locations, dtype=np.float32)
         for location in range(locations):
+            if radius and location and location % max(1, locations // 4) == 0:  # minutes on a CPU: say how far it is
+                logger.info("per-location GDE over %dx%d neighbourhoods: %d of %d locations fitted", 2 * radius + 1, 2 * radius + 1,
+                            location, locations)
             if radius:
                 row, col = divmod(location, grid)
                 window = features[:, max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1]
