@@ -209,6 +209,10 @@ def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, loca
     return row
 
 
+def print_row(row: dict) -> None:
+    print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True)
@@ -247,7 +251,7 @@ def main() -> None:
                        "seed": seeded["training"]["seed"], "models": 1,
                        **run_one(seeded, data, split, steps, args.gradcam, args.local, args.quantiles, members)}
                 rows.append(row)
-                print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
+                print_row(row)
             if args.seeds > 1:
                 calibration, combined = calibrated_ensemble(members)
                 member_rows = rows[-args.seeds :]
@@ -259,7 +263,7 @@ def main() -> None:
                        "image_auroc": image_auroc(data.test_labels, combined),
                        **threshold_rates(calibration, combined, data.test_labels, parameters["threshold"], args.quantiles)}
                 rows.append(row)
-                print(", ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}" for key, value in row.items()), flush=True)
+                print_row(row)
     table = pd.DataFrame(rows)
     csv = out / "budget.csv"
     if csv.is_file():  # earlier runs' rows stay: one table for every setting tried

@@ -38,22 +38,39 @@ from cutpaste.pipelines.detection.nodes import ingest_category  # noqa: E402
 from cutpaste.pipelines.localization import nodes  # noqa: E402
 
 
-def evaluate(name: str, radius: int, density, localizer: Localizer, features: dict, masks, labels, fit_s: float) -> list[dict]:
-    """Raw and ``log_ratio`` maps of one fitted density: pixel AUROC, AUPRO, map-max image AUROC."""
-    calibration, test = density.score_grid(features["calibration"]), density.score_grid(features["test"])
-    localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
-    localizer.norm_statistic = "log_ratio"
+def compare_radii(name: str, network, params: dict, features: dict, masks, labels, image_size: int, radii: list[int],
+                  localization: dict | None = None) -> list[dict]:
+    """Fit the pipeline's density (``_location_density``) for each radius on ``features["fit"]``; raw and
+    ``log_ratio`` maps (statistics from ``features["calibration"]``): pixel AUROC, AUPRO, map-max image AUROC."""
+    localization = localization or params["localization"]
+    sizes, embed = nodes._sizes(localization, image_size), nodes._embed_args(localization)
     rows = []
-    for maps_kind in ("raw", "log_ratio"):
-        maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio")
-        row = {"category": name, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
-               "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
-               "map_max_image_auroc": image_auroc(labels, maps.reshape(len(maps), -1).max(1)), "fit_s": round(fit_s, 1),
-               "density_mb": round(density.nbytes() / 1e6)}
-        rows.append(row)
-        print(f"{name} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
-              f"map-max image AUROC {100 * row['map_max_image_auroc']:5.1f} (fit {fit_s:.0f} s, density {row['density_mb']} MB)", flush=True)
+    for radius in radii:
+        start = time.perf_counter()
+        settings = {**localization, "density": {**localization["density"], "neighborhood": radius}}
+        density = nodes._location_density(name, settings, params["density"]).fit(features["fit"])
+        fit_s = time.perf_counter() - start
+        localizer = Localizer(network.state_dict(), dict(params["model"]), density, image_size, sizes["extract_patch_size"],
+                              sizes["stride"], sizes["sigma"], embed)
+        calibration, test = density.score_grid(features["calibration"]), density.score_grid(features["test"])
+        localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
+        localizer.norm_statistic = "log_ratio"
+        for maps_kind in ("raw", "log_ratio"):
+            maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio")
+            row = {"category": name, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
+                   "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
+                   "map_max_image_auroc": image_auroc(labels, maps.reshape(len(maps), -1).max(1)), "fit_s": round(fit_s, 1),
+                   "density_mb": round(density.nbytes() / 1e6)}
+            rows.append(row)
+            print(f"{name} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
+                  f"map-max image AUROC {100 * row['map_max_image_auroc']:5.1f} (fit {fit_s:.0f} s, density {row['density_mb']} MB)", flush=True)
     return rows
+
+
+def embed_splits(network, localization: dict, image_size: int, splits: dict) -> dict:
+    """Dense patch features of each split's images, computed once for every radius."""
+    sizes, embed = nodes._sizes(localization, image_size), nodes._embed_args(localization)
+    return {name: dense_features(network, images, sizes["extract_patch_size"], sizes["stride"], **embed) for name, images in splits.items()}
 
 
 def synthetic(params: dict, radii: list[int]) -> list[dict]:
@@ -61,25 +78,17 @@ def synthetic(params: dict, radii: list[int]) -> list[dict]:
     import torch
 
     from cutpaste.core.aligned import aligned_object_dataset
-    from cutpaste.core.localize import LocationDensity
 
     localization, size = params["localization"], int(params["localization_ingest"]["image_size"])
-    sizes, embed = nodes._sizes(localization, size), nodes._embed_args(localization)
+    localization = {**localization, "per_location_categories": ["synthetic_aligned"]}
     data = aligned_object_dataset(size=size, n_train=40, n_test_good=10, n_test_defect=20)
     torch.manual_seed(0)
     network = nodes.build_model(params["model"], 3).eval()
-    features = {name: dense_features(network, images, sizes["extract_patch_size"], sizes["stride"], **embed)
-                for name, images in (("fit", data["train_images"][:30]), ("calibration", data["train_images"][30:]), ("test", data["test_images"]))}
-    print(f"synthetic aligned object, {size} px, {sizes['grid']}x{sizes['grid']} grid, untrained encoder", flush=True)
-    rows = []
-    for radius in radii:
-        start = time.perf_counter()
-        storage = localization["density"]
-        density = LocationDensity(True, params["density"]["shrinkage"], params["density"]["l2_normalize"], floor_ratio=float(storage["floor_ratio"]),
-                                  max_rank=storage["max_rank"], storage_dtype=storage["storage_dtype"], neighborhood=radius).fit(features["fit"])
-        localizer = Localizer(network.state_dict(), dict(params["model"]), density, size, sizes["extract_patch_size"], sizes["stride"], sizes["sigma"], embed)
-        rows += evaluate("synthetic_aligned", radius, density, localizer, features, data["test_masks"], data["test_labels"], time.perf_counter() - start)
-    return rows
+    features = embed_splits(network, localization, size, {"fit": data["train_images"][:30], "calibration": data["train_images"][30:],
+                                                          "test": data["test_images"]})
+    grid = features["fit"].shape[1]
+    print(f"synthetic aligned object, {size} px, {grid}x{grid} grid, untrained encoder", flush=True)
+    return compare_radii("synthetic_aligned", network, params, features, data["test_masks"], data["test_labels"], size, radii, localization)
 
 
 def main() -> None:
@@ -105,22 +114,15 @@ def main() -> None:
         split = nodes.split_training_images(dataset, params["threshold"])
         network, _ = nodes.train_patch_model(dataset, split, params["model"], localization, params["augment"])
         network.eval()
-        sizes, embed = nodes._sizes(localization, dataset["image_size"]), nodes._embed_args(localization)
-        features = {name: dense_features(network, images, sizes["extract_patch_size"], sizes["stride"], **embed)
-                    for name, images in (("fit", dataset["train_images"][split["fit"]]),
-                                         ("calibration", dataset["train_images"][split["calibration"]]), ("test", dataset["test_images"]))}
+        features = embed_splits(network, localization, dataset["image_size"], {
+            "fit": dataset["train_images"][split["fit"]], "calibration": dataset["train_images"][split["calibration"]],
+            "test": dataset["test_images"]})
         masks = dataset["test_masks"]
         labels = (masks.reshape(len(masks), -1).max(1) > 0).astype(int)
+        grid = features["fit"].shape[1]
         print(f"{category}: patch model and features in {time.perf_counter() - start:.0f} s; {len(split['fit'])} fit, "
-              f"{len(split['calibration'])} calibration, {len(masks)} test images; {sizes['grid']}x{sizes['grid']} grid", flush=True)
-        for radius in args.radii:
-            fit_start = time.perf_counter()
-            settings = {**localization, "density": {**localization["density"], "neighborhood": radius}}
-            density = nodes._location_density(category, settings, params["density"]).fit(features["fit"])
-            fit_s = time.perf_counter() - fit_start
-            localizer = Localizer(network.state_dict(), dict(params["model"]), density, dataset["image_size"],
-                                  sizes["extract_patch_size"], sizes["stride"], sizes["sigma"], embed)
-            rows += evaluate(category, radius, density, localizer, features, masks, labels, fit_s)
+              f"{len(split['calibration'])} calibration, {len(masks)} test images; {grid}x{grid} grid", flush=True)
+        rows += compare_radii(category, network, params, features, masks, labels, dataset["image_size"], args.radii)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "neighborhood.csv", index=False)

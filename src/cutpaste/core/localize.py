@@ -219,12 +219,9 @@ class LocationDensity:
             if radius and location and location % max(1, locations // 4) == 0:  # minutes on a CPU: say how far it is
                 logger.info("per-location GDE over %dx%d neighbourhoods: %d of %d locations fitted", 2 * radius + 1, 2 * radius + 1,
                             location, locations)
-            if radius:
-                row, col = divmod(location, grid)
-                window = features[:, max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1]
-                vectors = self._prepare(window.reshape(-1, dim))
-            else:
-                vectors = self._prepare(by_location[:, location])
+            row, col = divmod(location, grid)  # the window of locations this Gaussian is fitted on (r = 0: the location itself)
+            window = features[:, max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1]
+            vectors = self._prepare(window.reshape(-1, dim))
             samples = len(vectors)
             mean = vectors.mean(0)
             centered = vectors - mean
