@@ -39,9 +39,10 @@ from cutpaste.pipelines.localization import nodes  # noqa: E402
 
 
 def compare_radii(name: str, network, params: dict, features: dict, masks, labels, image_size: int, radii: list[int],
-                  localization: dict | None = None) -> list[dict]:
+                  localization: dict | None = None, transforms=None) -> list[dict]:
     """Fit the pipeline's density (``_location_density``) for each radius on ``features["fit"]``; raw and
-    ``log_ratio`` maps (statistics from ``features["calibration"]``): pixel AUROC, AUPRO, map-max image AUROC."""
+    ``log_ratio`` maps (statistics from ``features["calibration"]``): pixel AUROC, AUPRO, map-max image AUROC.
+    With ``transforms`` the features are of registered images and the test maps are warped back by them."""
     localization = localization or params["localization"]
     sizes, embed = nodes._sizes(localization, image_size), nodes._embed_args(localization)
     rows = []
@@ -56,13 +57,14 @@ def compare_radii(name: str, network, params: dict, features: dict, masks, label
         localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
         localizer.norm_statistic = "log_ratio"
         for maps_kind in ("raw", "log_ratio"):
-            maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio")
+            maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio", transforms=transforms)
             row = {"category": name, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
+                   "registered": transforms is not None,
                    "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
                    "map_max_image_auroc": image_auroc(labels, maps.reshape(len(maps), -1).max(1)), "fit_s": round(fit_s, 1),
                    "density_mb": round(density.nbytes() / 1e6)}
             rows.append(row)
-            print(f"{name} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
+            print(f"{name}{' registered' if transforms is not None else ''} r={radius} {maps_kind:>9}: pixel AUROC {100 * row['pixel_auroc']:5.1f}, AUPRO {100 * row['aupro']:5.1f}, "
                   f"map-max image AUROC {100 * row['map_max_image_auroc']:5.1f} (fit {fit_s:.0f} s, density {row['density_mb']} MB)", flush=True)
     return rows
 
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--categories", nargs="*", default=[])
     parser.add_argument("--synthetic", action="store_true", help="also the synthetic aligned object (no data needed)")
     parser.add_argument("--radii", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--register", choices=["no", "yes", "both"], default="no",
+                        help="register the images onto a reference pose first (localization.registration settings)")
     parser.add_argument("--env", default="base")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=str(ROOT / "data" / "08_reporting" / "neighborhood"))
@@ -122,7 +126,19 @@ def main() -> None:
         grid = features["fit"].shape[1]
         print(f"{category}: patch model and features in {time.perf_counter() - start:.0f} s; {len(split['fit'])} fit, "
               f"{len(split['calibration'])} calibration, {len(masks)} test images; {grid}x{grid} grid", flush=True)
-        rows += compare_radii(category, network, params, features, masks, labels, dataset["image_size"], args.radii)
+        if args.register in ("no", "both"):
+            rows += compare_radii(category, network, params, features, masks, labels, dataset["image_size"], args.radii)
+        if args.register in ("yes", "both"):
+            start = time.perf_counter()
+            settings = {**localization, "registration": {**(localization.get("registration") or {}), "categories": [category]}}
+            registration = nodes._registration(category, settings).fit(dataset["train_images"][split["fit"]])
+            (fit, _), (calibration, _), (test, transforms) = (registration.align(images) for images in (
+                dataset["train_images"][split["fit"]], dataset["train_images"][split["calibration"]], dataset["test_images"]))
+            registered = embed_splits(network, localization, dataset["image_size"], {"fit": fit, "calibration": calibration, "test": test})
+            print(f"{category}: registration and features in {time.perf_counter() - start:.0f} s; test rotations "
+                  f"{abs(transforms[:, 0]).mean():.1f} degrees on average", flush=True)
+            rows += compare_radii(category, network, params, registered, masks, labels, dataset["image_size"], args.radii,
+                                  transforms=transforms)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "neighborhood.csv", index=False)

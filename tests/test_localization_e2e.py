@@ -1,5 +1,6 @@
 """`kedro run --pipelines=localization` end to end at tiny size (conf/test)."""
 
+import json
 import pickle
 
 import pandas as pd
@@ -22,6 +23,11 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
         maps = pickle.load(handle)
     assert maps.shape == (14, 32, 32)
     assert (trained_project / "data/08_reporting/gravel/localization.png").stat().st_size > 5000
+    # conf/test registers gravel onto a reference pose (localization.registration.categories), not brick
+    settings = {category: json.loads((trained_project / f"data/06_models/{category}/localizer/localizer.json").read_text())
+                for category in TINY_CATEGORIES}
+    assert settings["brick"]["registration"] is None
+    assert settings["gravel"]["registration"]["max_rotation_deg"] == 10
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")

@@ -407,16 +407,22 @@ class Localizer:
     "median_mad" it reads in normal spreads above the normal level. Either way comparable across
     locations and images.
 
+    Registration (``registration``, a fitted :class:`cutpaste.core.register.RigidRegistration`):
+    parts that rotate or move between images are first rotated and shifted onto the reference pose
+    the density was fitted in; the maps are warped back, so they overlay the input images.
+
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
 
     def __init__(self, state_dict: dict, model_config: dict, density: LocationDensity, image_size: int,
                  patch_size: int, stride: int, sigma: float, embed_args: dict,
-                 norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None) -> None:
+                 norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
+                 registration=None) -> None:
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
         self.norm_center, self.norm_scale, self.norm_statistic = norm_center, norm_scale, norm_statistic
+        self.registration = registration
 
     @property
     def normalized(self) -> bool:
@@ -430,10 +436,22 @@ class Localizer:
         network.load_state_dict(self.state_dict)
         return network.eval()
 
-    def score_grids(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(N, S, S, 3) uint8 at ``image_size`` -> (N, G, G) raw patch scores (squared Mahalanobis)."""
+    def _check_size(self, images: np.ndarray) -> None:
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"images are {images.shape[1:3]}, the localizer works at {self.image_size} x {self.image_size} px")
+
+    def register(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(images in the density's reference pose, their (N, 3) transforms); unchanged and None
+        without registration."""
+        self._check_size(images)
+        return (images, None) if self.registration is None else self.registration.align(images)
+
+    def score_grids(self, images: np.ndarray, progress: bool = False, registered: bool = False) -> np.ndarray:
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, G, G) raw patch scores (squared Mahalanobis), in
+        the reference pose: the images are registered first unless ``registered`` says they are."""
+        self._check_size(images)
+        if not registered:
+            images, _ = self.register(images)
         return score_patch_grid(self._network(), images, self.density, self.patch_size, self.stride, progress=progress, **self.embed_args)
 
     def calibrate(self, calibration_images: np.ndarray, statistic: str = "log_ratio", progress: bool = False) -> np.ndarray:
@@ -444,21 +462,29 @@ class Localizer:
         self.norm_statistic = statistic
         return grids
 
-    def maps_from_grids(self, grids: np.ndarray, normalized: bool | None = None) -> np.ndarray:
+    def maps_from_grids(self, grids: np.ndarray, normalized: bool | None = None, transforms: np.ndarray | None = None) -> np.ndarray:
         """(N, G, G) raw patch scores -> (N, S, S) float32 pixel maps (normalised when ``normalized``,
         default: whenever the localizer is calibrated); border pixels a stride does not reach take
-        the nearest computed value."""
+        the nearest computed value. With ``transforms`` (from :meth:`register`) the maps are warped
+        from the reference pose back onto the input images."""
         normalized = self.normalized if normalized is None else normalized
         if normalized and not self.normalized:
             raise ValueError("normalised maps asked for, but the localizer has no calibration statistics (call calibrate)")
         grids = normalize_grids(grids, self.norm_center, self.norm_scale, self.norm_statistic) if normalized else grids
         maps = receptive_field_upsample(grids, self.patch_size, self.stride, self.sigma)
         pad = self.image_size - maps.shape[-1]
-        return np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)
+        maps = np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)
+        if transforms is not None:
+            from cutpaste.core.register import warp
+
+            maps = warp(maps, transforms, inverse=True)
+        return maps
 
     def score_maps(self, images: np.ndarray, progress: bool = False, normalized: bool | None = None) -> np.ndarray:
-        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores (normalised when calibrated)."""
-        return self.maps_from_grids(self.score_grids(images, progress), normalized)
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores (normalised when
+        calibrated), registered onto the reference pose and back when the localizer registers."""
+        images, transforms = self.register(images)
+        return self.maps_from_grids(self.score_grids(images, progress, registered=True), normalized, transforms)
 
     def save(self, folder) -> None:
         import json
@@ -470,10 +496,13 @@ class Localizer:
         arrays = self.density.to_arrays()
         if self.normalized:
             arrays.update(norm_center=self.norm_center, norm_scale=self.norm_scale)
+        if self.registration is not None:
+            arrays.update(registration_reference=self.registration.reference)
         np.savez(folder / "density.npz", **arrays)
         meta = {"model_config": self.model_config, "image_size": self.image_size, "patch_size": self.patch_size,
                 "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": self.density.grid_,
-                "density": self.density.settings(), "normalization": self.norm_statistic}
+                "density": self.density.settings(), "normalization": self.norm_statistic,
+                "registration": None if self.registration is None else self.registration.settings()}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -491,6 +520,13 @@ class Localizer:
             if "norm_center" not in arrays:
                 raise ValueError(f"{folder / 'density.npz'}: localizer.json says normalised ({meta['normalization']}) but norm_center/norm_scale are missing")
             normalization = {"norm_center": arrays["norm_center"], "norm_scale": arrays["norm_scale"], "norm_statistic": meta["normalization"]}
+        registration = None
+        if meta.get("registration"):
+            from cutpaste.core.register import RigidRegistration
+
+            if "registration_reference" not in arrays:
+                raise ValueError(f"{folder / 'density.npz'}: localizer.json says registered but registration_reference is missing")
+            registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"])
         state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
         return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
-                   meta["embed_args"], **normalization)
+                   meta["embed_args"], **normalization, registration=registration)

@@ -13,6 +13,7 @@ from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
 from cutpaste.core.localize import LocationDensity, gradcam, grid_size, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
+from cutpaste.core.register import RigidRegistration
 from cutpaste.core.train import Trainer
 from cutpaste.pipelines.detection.nodes import build_model, load_model, train_config
 from cutpaste.pipelines.detection.nodes import split_training_images as _split_training_images
@@ -80,6 +81,15 @@ def _location_density(category: str, localization: dict, density: dict) -> Locat
                            neighborhood=int(storage.get("neighborhood", 0)))
 
 
+def _registration(category: str, localization: dict):
+    """An unfitted :class:`RigidRegistration` for the categories listed under
+    ``localization.registration.categories`` (parts that rotate or move), else None."""
+    settings = dict(localization.get("registration") or {})
+    if category not in set(settings.pop("categories", None) or []):
+        return None
+    return RigidRegistration(**settings)
+
+
 def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, localization: dict, density: dict) -> localize.Localizer:
     """Patch model + density + geometry (+ normalisation), the one stored copy of the patch density.
 
@@ -89,12 +99,17 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     """
     sizes = _sizes(localization, dataset["image_size"])
     location_density = _location_density(dataset["category"], localization, density)
+    fit_images = dataset["train_images"][split["fit"]]
+    registration = _registration(dataset["category"], localization)
+    if registration is not None:
+        logger.info("%s: registering images onto a reference pose (rotations up to %g degrees)", dataset["category"], registration.max_rotation_deg)
+        fit_images, _ = registration.fit(fit_images).align(fit_images)
     logger.info("%s: fitting a %s GDE on %dx%d patch grids of %d images", dataset["category"],
                 "per-location" if location_density.per_location else "shared", sizes["grid"], sizes["grid"], len(split["fit"]))
-    fitted = localize.fit_patch_density(load_model(state_dict, model), dataset["train_images"][split["fit"]], location_density,
+    fitted = localize.fit_patch_density(load_model(state_dict, model), fit_images, location_density,
                                         sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
-                                   sizes["stride"], sizes["sigma"], _embed_args(localization))
+                                   sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration)
     statistic = _normalization(localization)
     if statistic is not None:
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
@@ -106,8 +121,9 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
 def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict) -> tuple[np.ndarray, np.ndarray]:
     """(N_test, S, S) float32 pixel anomaly scores, twice: the localizer's maps (normalised when it is
     calibrated) and the raw maps (squared Mahalanobis distances), from one pass of dense scoring."""
-    grids = localizer.score_grids(dataset["test_images"], progress=localization["training"].get("progress", True))
-    return localizer.maps_from_grids(grids), localizer.maps_from_grids(grids, normalized=False)
+    images, transforms = localizer.register(dataset["test_images"])
+    grids = localizer.score_grids(images, progress=localization["training"].get("progress", True), registered=True)
+    return localizer.maps_from_grids(grids, transforms=transforms), localizer.maps_from_grids(grids, normalized=False, transforms=transforms)
 
 
 def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, dataset: dict, model: dict, training: dict) -> np.ndarray:

@@ -1,0 +1,125 @@
+"""Rigid registration onto a reference pose: warps, estimates, the reference choice, the localizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cutpaste.core.register import RigidRegistration, warp
+
+
+def _plate(size: int = 64) -> np.ndarray:
+    """An asymmetric part on a constant background: a dark plate with a notch and a hole, off centre."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    image = np.full((size, size, 3), 200, dtype=np.uint8)
+    plate = (abs(yy - 0.55 * size) < 0.2 * size) & (abs(xx - 0.5 * size) < 0.3 * size)
+    plate &= ~((yy < 0.42 * size) & (xx > 0.7 * size))  # a notch in one corner
+    image[plate] = (40, 60, 160)
+    image[np.hypot(yy - 0.55 * size, xx - 0.4 * size) < 0.06 * size] = 200  # a hole
+    return image
+
+
+def _poses(count: int, seed: int = 0, max_angle: float = 40.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(-max_angle, max_angle, count), rng.uniform(-4, 4, count), rng.uniform(-4, 4, count)], 1)
+
+
+def test_warp_then_inverse_returns_the_image_inside_the_frame():
+    image = _plate()[None]
+    transform = np.array([[25.0, 3.0, -2.5]])
+    back = warp(warp(image, transform), transform, inverse=True)
+    inner = slice(16, 48)
+    difference = np.abs(back[0, inner, inner].astype(float) - image[0, inner, inner])
+    assert difference.mean() < 4.0  # two bilinear resamplings blur edges a little
+    assert warp(image, np.zeros((1, 3))).tolist() == image.tolist()  # identity is exact
+    with pytest.raises(ValueError, match="1 images but 2 transforms"):
+        warp(image, np.zeros((2, 3)))
+
+
+def test_estimate_recovers_a_known_pose_and_align_undoes_it():
+    base = _plate()[None]
+    registration = RigidRegistration(max_rotation_deg=60, work_size=64).fit(base)
+    np.testing.assert_allclose(registration.estimate(base), np.zeros((1, 3)), atol=0.6)
+    truth = np.array([[20.0, 3.0, -4.0], [-35.0, -2.0, 2.0]])
+    moved = warp(np.repeat(base, 2, 0), truth)
+    aligned, transforms = registration.align(moved)
+    # the estimate composes with the truth to the identity: angle -20 / +35
+    np.testing.assert_allclose(transforms[:, 0], -truth[:, 0], atol=1.0)
+    inner = slice(12, 52)
+    error_before = np.abs(moved[:, inner, inner].astype(float) - base[:, inner, inner]).mean()
+    error_after = np.abs(aligned[:, inner, inner].astype(float) - base[:, inner, inner]).mean()
+    assert error_after < 0.25 * error_before
+
+
+def test_fit_picks_a_typical_pose_and_registration_reduces_the_spread_of_training_images():
+    base = _plate()
+    poses = _poses(10)
+    images = warp(np.repeat(base[None], 10, 0), poses)
+    registration = RigidRegistration(max_rotation_deg=90).fit(images)
+    assert registration.reference.shape == (64, 64) and registration.image_size == 64
+    aligned, transforms = registration.align(images)
+    assert aligned.astype(float).std(0).mean() < 0.5 * images.astype(float).std(0).mean()
+    # relative poses are recovered: estimate + truth is the same angle for every image
+    composed = transforms[:, 0] + poses[:, 0]
+    assert np.abs(composed - np.median(composed)).max() < 2.5  # degrees, on a 64 px part
+
+
+def test_translation_only_and_bad_settings_and_inputs():
+    images = warp(np.repeat(_plate()[None], 3, 0), np.array([[0, 0, 0], [0, 3, -2], [0, -2, 4]], dtype=float))
+    registration = RigidRegistration(max_rotation_deg=0).fit(images)
+    transforms = registration.estimate(images)
+    assert np.all(transforms[:, 0] == 0)
+    np.testing.assert_allclose(transforms[:, 1:] - transforms[:1, 1:], [[0, 0], [-3, 2], [2, -4]], atol=0.7)
+    with pytest.raises(ValueError, match="call fit first"):
+        RigidRegistration().estimate(images)
+    with pytest.raises(ValueError, match="fitted on 64 px"):
+        registration.estimate(np.zeros((1, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="rotation_step_deg > 0"):
+        RigidRegistration(rotation_step_deg=0)
+    with pytest.raises(ValueError, match="at least one training image"):
+        RigidRegistration().fit(images[:0])
+
+
+def test_registered_localizer_maps_overlay_the_input_and_survive_a_round_trip(tmp_path):
+    """A part that rotates between images: the registered localizer's maps point at a defect where it
+    is in the input image (not where it would be in the reference pose), and load() keeps all of it."""
+    import torch
+
+    from cutpaste.core.localize import Localizer, LocationDensity, fit_patch_density
+    from cutpaste.core.models import CutPasteNet
+
+    base = _plate()
+    train = warp(np.repeat(base[None], 16, 0), _poses(16, seed=1))
+    registration = RigidRegistration(max_rotation_deg=60).fit(train[:12])
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3, head_dims=(8,)).eval()
+    args = {"batch_size": 256, "device": "cpu", "precision": "fp32"}
+    fit, _ = registration.align(train[:12])
+    density = fit_patch_density(model, fit, LocationDensity(per_location=True, neighborhood=1), 16, 4, **args)
+    localizer = Localizer(model.state_dict(), {"head_dims": [8], "backbone": "resnet18"}, density, 64, 16, 4, 4.0, args,
+                          registration=registration)
+    localizer.calibrate(train[12:])
+    test = warp(base[None], np.array([[30.0, 2.0, 1.0]]))
+    test[0, 40:48, 18:26] = (250, 30, 30)  # a red defect on the rotated plate
+    maps = localizer.score_maps(test)
+    assert maps.shape == (1, 64, 64)
+    peak = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert 34 <= peak[0] <= 54 and 12 <= peak[1] <= 32, peak
+    localizer.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.registration is not None and loaded.registration.max_rotation_deg == 60
+    np.testing.assert_allclose(loaded.score_maps(test), maps, rtol=1e-5, atol=1e-5)
+    stored = dict(np.load(tmp_path / "loc" / "density.npz"))
+    np.savez(tmp_path / "loc" / "density.npz", **{key: value for key, value in stored.items() if key != "registration_reference"})
+    with pytest.raises(ValueError, match="registration_reference is missing"):
+        Localizer.load(tmp_path / "loc")
+
+
+def test_registration_is_built_only_for_listed_categories():
+    from cutpaste.pipelines.localization.nodes import _registration
+
+    settings = {"registration": {"categories": ["plate"], "max_rotation_deg": 45, "rotation_step_deg": 3}}
+    assert _registration("brick", settings) is None
+    assert _registration("brick", {}) is None
+    registration = _registration("plate", settings)
+    assert registration.max_rotation_deg == 45 and registration.rotation_step_deg == 3
