@@ -32,17 +32,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_budget import cpu_kind, project_parameters  # noqa: E402
 
-from cutpaste.core.localize import Localizer, dense_features, normalization_statistics  # noqa: E402
+from cutpaste.core.localize import Localizer, dense_features  # noqa: E402
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
 from cutpaste.pipelines.detection.nodes import ingest_category  # noqa: E402
 from cutpaste.pipelines.localization import nodes  # noqa: E402
 
 
 def compare_radii(name: str, network, params: dict, features: dict, masks, labels, image_size: int, radii: list[int],
-                  localization: dict | None = None, transforms=None) -> list[dict]:
+                  localization: dict | None = None, transforms: dict | None = None) -> list[dict]:
     """Fit the pipeline's density (``_location_density``) for each radius on ``features["fit"]``; raw and
     ``log_ratio`` maps (statistics from ``features["calibration"]``): pixel AUROC, AUPRO, map-max image AUROC.
-    With ``transforms`` the features are of registered images and the test maps are warped back by them."""
+    With ``transforms`` ({"calibration": ..., "test": ...}) the features are of registered images: the
+    normalisation skips locations outside each photo and the test maps are warped back (as ``Localizer``)."""
     localization = localization or params["localization"]
     sizes, embed = nodes._sizes(localization, image_size), nodes._embed_args(localization)
     rows = []
@@ -54,10 +55,9 @@ def compare_radii(name: str, network, params: dict, features: dict, masks, label
         localizer = Localizer(network.state_dict(), dict(params["model"]), density, image_size, sizes["extract_patch_size"],
                               sizes["stride"], sizes["sigma"], embed)
         calibration, test = density.score_grid(features["calibration"]), density.score_grid(features["test"])
-        localizer.norm_center, localizer.norm_scale = normalization_statistics(calibration, "log_ratio")
-        localizer.norm_statistic = "log_ratio"
+        localizer.set_normalization(calibration, "log_ratio", None if transforms is None else transforms["calibration"])
         for maps_kind in ("raw", "log_ratio"):
-            maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio", transforms=transforms)
+            maps = localizer.maps_from_grids(test, normalized=maps_kind == "log_ratio", transforms=None if transforms is None else transforms["test"])
             row = {"category": name, "density": "per-location" if density.per_location else "shared", "neighborhood": radius,
                    "registered": transforms is not None,
                    "maps": maps_kind, "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
@@ -132,13 +132,13 @@ def main() -> None:
             start = time.perf_counter()
             settings = {**localization, "registration": {**(localization.get("registration") or {}), "categories": [category]}}
             registration = nodes._registration(category, settings).fit(dataset["train_images"][split["fit"]])
-            (fit, _), (calibration, _), (test, transforms) = (registration.align(images) for images in (
+            (fit, _), (calibration, calibration_transforms), (test, transforms) = (registration.align(images) for images in (
                 dataset["train_images"][split["fit"]], dataset["train_images"][split["calibration"]], dataset["test_images"]))
             registered = embed_splits(network, localization, dataset["image_size"], {"fit": fit, "calibration": calibration, "test": test})
             print(f"{category}: registration and features in {time.perf_counter() - start:.0f} s; test rotations "
                   f"{abs(transforms[:, 0]).mean():.1f} degrees on average", flush=True)
             rows += compare_radii(category, network, params, registered, masks, labels, dataset["image_size"], args.radii,
-                                  transforms=transforms)
+                                  transforms={"calibration": calibration_transforms, "test": transforms})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "neighborhood.csv", index=False)

@@ -123,3 +123,24 @@ def test_registration_is_built_only_for_listed_categories():
     assert _registration("brick", {}) is None
     registration = _registration("plate", settings)
     assert registration.max_rotation_deg == 45 and registration.rotation_step_deg == 3
+
+
+def test_patches_outside_the_photo_read_as_normal_and_do_not_bias_the_calibration():
+    """A registered image rotated by 45 degrees has corners filled in from outside the photo: their
+    patches get the location's normal score (0 in a log_ratio map) instead of whatever the fill scores."""
+    from types import SimpleNamespace
+
+    from cutpaste.core.localize import Localizer
+    from cutpaste.core.register import coverage
+
+    transforms = np.array([[45.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    inside = coverage(transforms, 64, 16, 4)
+    assert inside.shape == (3, 13, 13) and inside[0, 0, 0] < 0.5 and inside[0, 6, 6] == pytest.approx(1.0)
+    assert np.all(inside[1:] == pytest.approx(1.0))
+    localizer = Localizer({}, {}, SimpleNamespace(grid_=13), 64, 16, 4, 4.0, {}, registration=object())
+    normal = np.full((3, 13, 13), 8.0)
+    fill_scores = np.where(inside < 0.98, 1e6, normal)  # the fill region scores absurdly high
+    localizer.set_normalization(fill_scores, "log_ratio", transforms)
+    np.testing.assert_allclose(localizer.norm_center, 3.0)  # log2(8): the fill did not enter the statistics
+    maps = localizer.maps_from_grids(fill_scores[:1], transforms=transforms[:1])
+    assert np.abs(maps).max() < 1e-6

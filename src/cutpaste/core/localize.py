@@ -396,6 +396,9 @@ def scaled(value_at_256: int, image_size: int) -> int:
     return max(1, int(math.floor(value_at_256 * image_size / 256 + 0.5)))
 
 
+COVERAGE_MIN = 0.98  # a registered patch with less of its area inside the input photo gets the normal score
+
+
 class Localizer:
     """A trained patch model with its density, geometry and (optionally) per-location normalisation:
     new images -> (N, S, S) score maps.
@@ -454,13 +457,52 @@ class Localizer:
             images, _ = self.register(images)
         return score_patch_grid(self._network(), images, self.density, self.patch_size, self.stride, progress=progress, **self.embed_args)
 
+    def _outside(self, transforms: np.ndarray) -> np.ndarray:
+        """(N, G, G) True where a registered image's patch reaches outside the input photo: filled-in
+        pixels, no evidence about the part."""
+        from cutpaste.core.register import coverage
+
+        return coverage(transforms, self.image_size, self.patch_size, self.stride) < COVERAGE_MIN
+
+    def _neutral_scores(self, grids: np.ndarray, transforms: np.ndarray | None) -> np.ndarray:
+        """Raw scores with every location outside the input photo set to that location's normal score
+        (the calibration level; without calibration the image's median over the covered locations)."""
+        if transforms is None:
+            return grids
+        outside = self._outside(transforms)
+        if not outside.any():
+            return grids
+        grids = np.array(grids, dtype=np.float64)
+        if self.normalized:
+            level = 2.0**self.norm_center if self.norm_statistic == "log_ratio" else self.norm_center
+            normal = np.broadcast_to(level, grids.shape)
+        else:
+            normal = np.stack([np.full(grids.shape[1:], np.median(grid[~out]) if (~out).any() else np.median(grid))
+                               for grid, out in zip(grids, outside, strict=True)])
+        grids[outside] = normal[outside]
+        return grids
+
     def calibrate(self, calibration_images: np.ndarray, statistic: str = "log_ratio", progress: bool = False) -> np.ndarray:
         """Set the per-location normalisation from normal calibration images (unseen by the patch model
-        and the density); returns their (K, G, G) raw patch scores."""
-        grids = self.score_grids(calibration_images, progress=progress)
-        self.norm_center, self.norm_scale = normalization_statistics(grids, statistic)
-        self.norm_statistic = statistic
+        and the density); returns their (K, G, G) raw patch scores. With registration, a location's
+        statistics come from the calibration images whose registered patch there lies inside the photo."""
+        images, transforms = self.register(calibration_images)
+        grids = self.score_grids(images, progress=progress, registered=True)
+        self.set_normalization(grids, statistic, transforms)
         return grids
+
+    def set_normalization(self, calibration_grids: np.ndarray, statistic: str = "log_ratio", transforms: np.ndarray | None = None) -> None:
+        """The per-location normalisation from the (K, G, G) raw patch scores of normal calibration
+        images (registered by ``transforms``: locations outside a photo do not count there)."""
+        reference = calibration_grids
+        if transforms is not None:
+            outside = self._outside(transforms)
+            masked = np.where(outside, np.nan, calibration_grids)
+            covered = (~outside).any(0)
+            typical = np.where(covered, np.nanmedian(np.where(covered, masked, 0.0), 0), np.median(calibration_grids, 0))
+            reference = np.where(outside, typical, calibration_grids)
+        self.norm_center, self.norm_scale = normalization_statistics(reference, statistic)
+        self.norm_statistic = statistic
 
     def maps_from_grids(self, grids: np.ndarray, normalized: bool | None = None, transforms: np.ndarray | None = None) -> np.ndarray:
         """(N, G, G) raw patch scores -> (N, S, S) float32 pixel maps (normalised when ``normalized``,
@@ -470,6 +512,7 @@ class Localizer:
         normalized = self.normalized if normalized is None else normalized
         if normalized and not self.normalized:
             raise ValueError("normalised maps asked for, but the localizer has no calibration statistics (call calibrate)")
+        grids = self._neutral_scores(grids, transforms)
         grids = normalize_grids(grids, self.norm_center, self.norm_scale, self.norm_statistic) if normalized else grids
         maps = receptive_field_upsample(grids, self.patch_size, self.stride, self.sigma)
         pad = self.image_size - maps.shape[-1]

@@ -34,15 +34,18 @@ def _rotation(angle_deg: float) -> np.ndarray:
     return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
 
 
-def _affine(plane: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int) -> np.ndarray:
-    return ndimage.affine_transform(plane, matrix, offset=offset, order=order, mode="nearest")
+def _affine(plane: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: int, fill: float | None) -> np.ndarray:
+    if fill is None:
+        return ndimage.affine_transform(plane, matrix, offset=offset, order=order, mode="nearest")
+    return ndimage.affine_transform(plane, matrix, offset=offset, order=order, mode="constant", cval=fill)
 
 
-def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, order: int = 1) -> np.ndarray:
+def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, order: int = 1, fill: float | None = None) -> np.ndarray:
     """Apply (or with ``inverse`` undo) rigid transforms: (N, H, W[, C]) -> same shape and dtype.
 
     Forward: a point p of the input lands at q = R(angle) (p - c) + c + t in the aligned image
-    (c the centre, t = (dy, dx)); pixels from outside the input take the nearest border value.
+    (c the centre, t = (dy, dx)); pixels from outside the input take the nearest border value, or
+    ``fill`` when given (warp an image of ones with ``fill=0`` to see which pixels the input covers).
     """
     images, transforms = np.asarray(images), np.asarray(transforms, dtype=np.float64)
     if len(images) != len(transforms):
@@ -58,11 +61,22 @@ def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, orde
             matrix = _rotation(-angle)
             offset = centre - matrix @ (centre + shift)
         planes = image[..., None] if image.ndim == 2 else image
-        warped = np.stack([_affine(planes[..., channel].astype(np.float32), matrix, offset, order) for channel in range(planes.shape[-1])], -1)
+        warped = np.stack([_affine(planes[..., channel].astype(np.float32), matrix, offset, order, fill)
+                           for channel in range(planes.shape[-1])], -1)
         if np.issubdtype(images.dtype, np.integer):
             warped = np.clip(np.rint(warped), np.iinfo(images.dtype).min, np.iinfo(images.dtype).max)
         output[index] = warped.reshape(image.shape).astype(images.dtype)
     return output
+
+
+def coverage(transforms: np.ndarray, image_size: int, patch_size: int, stride: int) -> np.ndarray:
+    """(N, G, G) fraction of each patch of the registered images that lies inside the input photo
+    (the rest was filled in from outside it by the rotation and shift)."""
+    import torch
+
+    inside = warp(np.ones((len(transforms), image_size, image_size), dtype=np.float32), transforms, fill=0.0)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(inside)[:, None], patch_size, stride)
+    return pooled[:, 0].numpy()
 
 
 def _grey(images: np.ndarray, work_size: int) -> np.ndarray:
