@@ -11,6 +11,10 @@ each fit's wall time. Writes ``<out>/neighborhood.csv``. Test labels feed the re
         --categories mpdd_metal_plate kolektorsdd --radii 0 1 2
     .venv/bin/python benchmarks/bench_neighborhood.py --synthetic   # the synthetic aligned object, no data needed
 
+``--register yes`` (or ``both``) first registers every image onto a reference pose with the
+``localization.registration`` settings (``core.register``, fitted on the fit split) and warps the
+test maps back, as the pipeline does for the categories listed there.
+
 ``--synthetic`` runs the same comparison on the synthetic aligned object of ``core.aligned`` (a fixed
 pose, constant background; 30 fit, 10 calibration, 30 test images at the localization working size,
 the base patch geometry, an untrained encoder): what a neighbourhood costs where nothing moves.
