@@ -38,7 +38,6 @@ from bench_budget import cpu_kind, project_parameters  # noqa: E402
 
 from cutpaste.core.localize import Localizer, dense_features  # noqa: E402
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
-from cutpaste.pipelines.detection.nodes import ingest_category  # noqa: E402
 from cutpaste.pipelines.localization import nodes  # noqa: E402
 
 
@@ -112,13 +111,14 @@ def main() -> None:
     params = project_parameters(args.env, ["localization.training.progress=false", "localization_ingest.progress=false",
                                            "localization.training.checkpoint_dir=null", *args.set])
     localization = params["localization"]
-    print(f"# {cpu_kind()}; image size {params['localization_ingest']['image_size']}, patch model {localization['training']['steps']} steps", flush=True)
+    print(f"# {cpu_kind()}; image size {params['localization_ingest']['image_size']} "
+          f"(by category: {params['localization_ingest'].get('image_size_by_category') or {}}), patch model {localization['training']['steps']} steps", flush=True)
     if args.categories and not args.data_root:
         parser.error("--categories needs --data-root")
     rows = synthetic(params, args.radii) if args.synthetic else []
     for category in args.categories:
         start = time.perf_counter()
-        dataset, _ = ingest_category(category, args.data_root, params["localization_ingest"])
+        dataset, _ = nodes.ingest_localization(category, args.data_root, params["localization_ingest"])
         split = nodes.split_training_images(dataset, params["threshold"])
         network, _ = nodes.train_patch_model(dataset, split, params["model"], localization, params["augment"])
         network.eval()
@@ -129,7 +129,7 @@ def main() -> None:
         labels = (masks.reshape(len(masks), -1).max(1) > 0).astype(int)
         grid = features["fit"].shape[1]
         print(f"{category}: patch model and features in {time.perf_counter() - start:.0f} s; {len(split['fit'])} fit, "
-              f"{len(split['calibration'])} calibration, {len(masks)} test images; {grid}x{grid} grid", flush=True)
+              f"{len(split['calibration'])} calibration, {len(masks)} test images at {dataset['image_size']} px; {grid}x{grid} grid", flush=True)
         if args.register in ("no", "both"):
             rows += compare_radii(category, network, params, features, masks, labels, dataset["image_size"], args.radii)
         if args.register in ("yes", "both"):

@@ -57,3 +57,37 @@ def test_normalisation_statistics_come_from_the_calibration_images_alone():
     assert not np.allclose(maps, raw)
     off = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**LOCALIZATION, "normalize": False}, DENSITY)
     assert not off.normalized
+
+
+def _write_category(root, name: str) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, number in [("train/good", 0), ("train/good", 1), ("test/good", 0), ("test/crack", 0)]:
+        path = root / name / split / f"{number:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[5:15, 5:15] = 255
+    (root / name / "ground_truth/crack").mkdir(parents=True)
+    Image.fromarray(mask).save(root / name / "ground_truth/crack/000_mask.png")
+
+
+def test_a_category_listed_in_image_size_by_category_is_localized_at_its_own_size(tmp_path):
+    import pytest
+
+    ingest = {"image_size": 32, "image_size_by_category": {"fine": 48}, "progress": False}
+    assert nodes.localization_image_size("fine", ingest) == 48
+    assert nodes.localization_image_size("other", ingest) == 32
+    assert nodes.localization_image_size("other", {"image_size": 32}) == 32   # older configs: no key
+    for name in ("fine", "other"):
+        _write_category(tmp_path, name)
+    fine, _ = nodes.ingest_localization("fine", str(tmp_path), ingest)
+    other, _ = nodes.ingest_localization("other", str(tmp_path), ingest)
+    assert fine["image_size"] == 48 and fine["train_images"].shape[1:3] == (48, 48) and fine["test_masks"].shape[1:] == (48, 48)
+    assert other["image_size"] == 32 and other["train_images"].shape[1:3] == (32, 32)
+
+    with pytest.raises(ValueError, match="'fine'.*at least 16 px"):
+        nodes.localization_image_size("fine", {"image_size": 32, "image_size_by_category": {"fine": "big"}})
+    with pytest.raises(ValueError, match="must map category names"):
+        nodes.localization_image_size("fine", {"image_size": 32, "image_size_by_category": [48]})

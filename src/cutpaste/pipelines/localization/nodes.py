@@ -15,7 +15,7 @@ from cutpaste.core.localize import LocationDensity, gradcam, grid_size, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
 from cutpaste.core.register import RigidRegistration
 from cutpaste.core.train import Trainer
-from cutpaste.pipelines.detection.nodes import build_model, load_model, train_config
+from cutpaste.pipelines.detection.nodes import build_model, ingest_category, load_model, train_config
 from cutpaste.pipelines.detection.nodes import split_training_images as _split_training_images
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,23 @@ def _sizes(localization: dict, image_size: int) -> dict:
     sizes["sigma"] = float(localization["sigma"]) * image_size / 256
     sizes["grid"] = grid_size(image_size, sizes["extract_patch_size"], sizes["stride"])
     return sizes
+
+
+def localization_image_size(category: str, localization_ingest: dict) -> int:
+    """The category's localization working size: ``image_size_by_category[category]`` where listed,
+    else ``image_size``."""
+    by_category = localization_ingest.get("image_size_by_category") or {}
+    if not isinstance(by_category, dict):
+        raise ValueError(f"localization_ingest.image_size_by_category must map category names to sizes, got {by_category!r}")
+    size = by_category.get(category, localization_ingest["image_size"])
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise ValueError(f"localization_ingest: the working size of {category!r} must be an integer of at least 16 px, got {size!r}")
+    return size
+
+
+def ingest_localization(category: str, data_root: str, localization_ingest: dict) -> tuple[dict, pd.DataFrame]:
+    """Decode a category once at its localization working size (``localization_image_size``)."""
+    return ingest_category(category, data_root, {**localization_ingest, "image_size": localization_image_size(category, localization_ingest)})
 
 
 def split_training_images(dataset: dict, threshold: dict) -> dict[str, list[int]]:

@@ -10,7 +10,6 @@ from kedro.pipeline import Pipeline, node, pipeline
 
 from cutpaste import registration
 from cutpaste.pipelines.common import bind_category
-from cutpaste.pipelines.detection import nodes as detection_nodes
 from cutpaste.pipelines.detection.pipeline import build as build_detection
 from cutpaste.pipelines.localization import nodes
 
@@ -19,7 +18,7 @@ LOCALIZATION_PARAMETERS = ("model", "training", "augment", "density", "localizat
 
 def create_category_pipeline(category: str) -> Pipeline:
     template = pipeline([
-        node(bind_category(detection_nodes.ingest_category, category), ["raw_data_root", "params:localization_ingest"],
+        node(bind_category(nodes.ingest_localization, category), ["raw_data_root", "params:localization_ingest"],
              ["localization_dataset", "localization_index"], name="ingest_localization"),
         node(nodes.split_training_images, ["localization_dataset", "params:threshold"], "localization_split", name="split_localization_images"),
         node(nodes.train_patch_model, ["localization_dataset", "localization_split", "params:model", "params:localization", "params:augment"],
