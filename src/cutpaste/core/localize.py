@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cutpaste.core.density import GaussianDensity, l2_normalize
+from cutpaste.core.register import RigidRegistration, coverage, warp
 from cutpaste.core.train import images_to_tensor, resolve_device, resolve_memory_format, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -420,7 +421,7 @@ class Localizer:
     def __init__(self, state_dict: dict, model_config: dict, density: LocationDensity, image_size: int,
                  patch_size: int, stride: int, sigma: float, embed_args: dict,
                  norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
-                 registration=None) -> None:
+                 registration: RigidRegistration | None = None) -> None:
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
@@ -460,8 +461,6 @@ class Localizer:
     def _outside(self, transforms: np.ndarray) -> np.ndarray:
         """(N, G, G) True where a registered image's patch reaches outside the input photo: filled-in
         pixels, no evidence about the part."""
-        from cutpaste.core.register import coverage
-
         return coverage(transforms, self.image_size, self.patch_size, self.stride) < COVERAGE_MIN
 
     def _neutral_scores(self, grids: np.ndarray, transforms: np.ndarray | None) -> np.ndarray:
@@ -518,8 +517,6 @@ class Localizer:
         pad = self.image_size - maps.shape[-1]
         maps = np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)
         if transforms is not None:
-            from cutpaste.core.register import warp
-
             maps = warp(maps, transforms, inverse=True)
         return maps
 
@@ -565,8 +562,6 @@ class Localizer:
             normalization = {"norm_center": arrays["norm_center"], "norm_scale": arrays["norm_scale"], "norm_statistic": meta["normalization"]}
         registration = None
         if meta.get("registration"):
-            from cutpaste.core.register import RigidRegistration
-
             if "registration_reference" not in arrays:
                 raise ValueError(f"{folder / 'density.npz'}: localizer.json says registered but registration_reference is missing")
             registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"])
