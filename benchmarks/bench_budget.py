@@ -3,11 +3,13 @@
 For each category of an MVTec-layout root and each wall-time budget, trains a fresh image-level
 model (the project's settings from ``conf/<env>``, overridable with ``--set``) for as many steps as
 the budget allows on this machine (the step time is measured first with a few warm-up steps), then
-fits the GDE on the fit split, calibrates the threshold on the held-out normal training images and
+fits the GDE and the image score (``image_score.method``: the pooled GDE, or fused with the stem's local
+density) on the fit split, calibrates the threshold on the held-out normal training images and
 scores the test images. A budget gets its own run with its own cosine schedule, as a user who sets
 ``training.steps`` would get.
 
-Writes ``<out>/budget.csv`` (one row per category and budget: steps, wall time, image AUROC,
+Writes ``<out>/budget.csv`` (one row per category and budget: steps, wall time, image AUROC (and, for a fused score, the
+AUROC of each component: ``pooled_auroc``, ``stem_auroc``),
 GradCAM pixel AUROC, held-out proxy-task accuracy, the threshold's false- and true-positive rates)
 and ``<out>/budget.png`` (image AUROC against training wall time, one line per category).
 
@@ -22,6 +24,7 @@ test labels are used for the reported metrics alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -38,9 +41,10 @@ from cutpaste.core.augment import Preprocess, build_task  # noqa: E402
 from cutpaste.core.data import load_category  # noqa: E402
 from cutpaste.core.density import GaussianDensity  # noqa: E402
 from cutpaste.core.detector import fit_threshold, holdout_split  # noqa: E402
+from cutpaste.core.image_score import ImageScore, fit_image_score  # noqa: E402
 from cutpaste.core.metrics import image_auroc, pixel_auroc  # noqa: E402
 from cutpaste.core.models import CutPasteNet, encoder_stages  # noqa: E402
-from cutpaste.core.train import TrainConfig, Trainer, extract_features, images_to_tensor  # noqa: E402
+from cutpaste.core.train import TrainConfig, Trainer, embed_images, images_to_tensor, prepare_for_inference  # noqa: E402
 
 
 def project_parameters(env: str, overrides: list[str]) -> dict:
@@ -137,12 +141,31 @@ def local_scores(network: CutPasteNet, data, split: dict, levels: tuple[int, ...
 
 def threshold_rates(calibration_scores: np.ndarray, scores: np.ndarray, labels: np.ndarray, threshold_params: dict,
                     extra_quantiles: list[float] = ()) -> dict:
-    """The threshold's false- and true-positive rates on the test images (and at ``extra_quantiles``)."""
+    """The threshold's false- and true-positive rates on the test images (and at ``extra_quantiles``),
+    for scores whose threshold is fitted on their calibration scores (the pooled GDE, an ensemble)."""
     method = threshold_params.get("method", "lognormal")
+    thresholds = {quantile: fit_threshold(calibration_scores, quantile, method).value
+                  for quantile in [float(threshold_params["quantile"]), *extra_quantiles]}
+    return rates_at(thresholds, scores, labels)
+
+
+def image_score_rates(image_score: ImageScore, calibration_components: dict, test_components: dict, labels: np.ndarray,
+                      extra_quantiles: list[float] = ()) -> dict:
+    """The image score's threshold rates at its own quantile and at ``extra_quantiles`` (a fused
+    score's component thresholds are refitted from the same calibration images at each quantile)."""
+    rows = {}
+    for quantile in [image_score.quantile, *extra_quantiles]:
+        at = dataclasses.replace(image_score, quantile=float(quantile)).calibrate(calibration_components)
+        rows.update(rates_at({quantile: at.threshold().value}, at.combine(test_components), labels, first=not rows))
+    return rows
+
+
+def rates_at(thresholds: dict[float, float], scores: np.ndarray, labels: np.ndarray, first: bool = True) -> dict:
+    """FPR/TPR of ``scores`` at each {quantile: threshold}; the first is named ``threshold_*``, the others ``*_q<percent>``."""
     row = {}
-    for quantile in [float(threshold_params["quantile"]), *extra_quantiles]:
-        flagged = scores > fit_threshold(calibration_scores, quantile, method).value
-        tag = "threshold" if not row else f"q{round(100 * quantile)}"
+    for quantile, value in thresholds.items():
+        flagged = scores > value
+        tag = "threshold" if first and not row else f"q{round(100 * quantile)}"
         prefix = ("threshold_fpr", "threshold_tpr") if tag == "threshold" else (f"fpr_{tag}", f"tpr_{tag}")
         row[prefix[0]], row[prefix[1]] = float(flagged[labels == 0].mean()), float(flagged[labels == 1].mean())
     return row
@@ -177,21 +200,29 @@ def run_one(parameters: dict, data, split: dict, steps: int, gradcam: bool, loca
     train_s = time.perf_counter() - start
     network = trainer.model.eval()
     batch = int(parameters["features"]["batch_size"])
-    train_features = extract_features(network, data.train_images, batch, training["device"], training["precision"], training["memory_format"])
-    test_features = extract_features(network, data.test_images, batch, training["device"], training["precision"], training["memory_format"])
-    density = GaussianDensity(parameters["density"]["shrinkage"], parameters["density"]["l2_normalize"]).fit(train_features[split["fit"]])
-    calibration_scores = density.score_samples(train_features[split["calibration"]])
+    setup = prepare_for_inference(network, training["device"], training["precision"], training["memory_format"])
+    fit_images, calibration_images = data.train_images[split["fit"]], data.train_images[split["calibration"]]
+    density = GaussianDensity(parameters["density"]["shrinkage"], parameters["density"]["l2_normalize"]).fit(embed_images(network, fit_images, setup, batch))
+    image_score_params = parameters.get("image_score") or {"method": "pooled"}
+    stem = image_score_params.get("stem") or {}
     threshold_params = parameters["threshold"]
-    scores = density.score_samples(test_features)
+    image_score = fit_image_score(image_score_params["method"], network, setup, fit_images, calibration_images, density, batch,
+                                  int(stem.get("max_vectors", 100_000)), int(stem.get("seed", 0)), density.shrinkage,
+                                  float(threshold_params["quantile"]), threshold_params.get("method", "lognormal"))
+    calibration_scores = np.asarray(image_score.calibration_scores)
+    calibration_components = image_score.components(network, setup, calibration_images, density, batch)
+    components = image_score.components(network, setup, data.test_images, density, batch)
+    scores = image_score.combine(components)
     labels = data.test_labels
     if scores_out is not None:
         scores_out.append((calibration_scores, scores))
     row = {
         "steps": steps, "n_calibration": len(split["calibration"]), "train_s": round(train_s, 1), "total_s": round(time.perf_counter() - start, 1),
-        "image_auroc": image_auroc(labels, scores),
+        "image_score": image_score.method, "image_auroc": image_auroc(labels, scores),
+        **({f"{name}_auroc": image_auroc(labels, values) for name, values in components.items()} if len(components) > 1 else {}),
         "holdout_proxy_accuracy": proxy_accuracy(trainer, data.train_images[split["calibration"]]),
         "final_train_loss": float(history["loss"].tail(50).mean()),
-        **threshold_rates(calibration_scores, scores, labels, threshold_params, extra_quantiles),
+        **image_score_rates(image_score, calibration_components, components, labels, extra_quantiles),
     }
     for name in local:
         levels = tuple(int(level) for level in name.removeprefix("layer"))

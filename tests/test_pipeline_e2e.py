@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -26,11 +27,17 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
     assert table["n_test"].tolist()[:2] == [14, 14]
     assert "| brick" in (project_copy / "data/08_reporting/detection_table.md").read_text()
     scores = pd.read_csv(project_copy / "data/07_model_output/brick/scores.csv")
-    assert list(scores.columns) == ["path", "defect_type", "label", "score"] and len(scores) == 14
+    assert list(scores.columns) == ["path", "defect_type", "label", "score", "score_pooled", "score_stem"] and len(scores) == 14
+    image_score = pd.read_pickle(project_copy / "data/06_models/brick/image_score.pkl")
+    assert image_score.method == "fused"  # the base default, which conf/test keeps
+    fused = np.exp2(np.maximum(np.log2(scores["score_pooled"]) - image_score.references["pooled"],
+                               np.log2(scores["score_stem"]) - image_score.references["stem"]))
+    np.testing.assert_allclose(scores["score"], fused, rtol=1e-9)
     split = json.loads((project_copy / "data/05_model_input/brick/holdout_split.json").read_text())
     assert sorted(split["fit"] + split["calibration"]) == list(range(12)) and len(split["calibration"]) == 6
     threshold = json.loads((project_copy / "data/06_models/brick/threshold.json").read_text())
-    assert threshold["n_images"] == len(split["calibration"])
+    assert threshold["n_images"] == len(split["calibration"]) == len(image_score.calibration_scores)
+    assert threshold["value"] == 1.0  # a fused score: either component at its own bound
     checkpoint = torch.load(project_copy / "data/06_models/checkpoints/brick/3way_seed0.pt", weights_only=True)
     assert checkpoint["data"].startswith("(6, ")  # the proxy task trained on the 6 fit images only
     for figure in ("roc", "score_histogram", "training"):

@@ -1,9 +1,10 @@
-"""A trained detector as one object: network weights, GDE, decision threshold, preprocessing.
+"""A trained detector as one object: network weights, GDE, image score, decision threshold, preprocessing.
 
 The threshold is fitted from normal training images only, and from images the model never learned
 from: before training, a calibration split of the normal training images is set aside (see
-:func:`holdout_split`); the network and the GDE are fitted on the rest, and the threshold is a high
-quantile of the GDE scores of the calibration images. No defect and no test image is looked at.
+:func:`holdout_split`); the network and the densities are fitted on the rest, and the threshold is a
+high quantile of the image scores (:mod:`cutpaste.core.image_score`) of the calibration images. No
+defect and no test image is looked at.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 
 from cutpaste.core.data import IMAGE_SUFFIXES, DatasetError, load_image, to_rgb_array
 from cutpaste.core.density import GaussianDensity
+from cutpaste.core.image_score import ImageScore
 from cutpaste.core.models import CutPasteNet
-from cutpaste.core.train import InferenceSetup, embed_images, prepare_for_inference
+from cutpaste.core.threshold import THRESHOLD_METHODS, Threshold, fit_threshold  # noqa: F401 (public names of this module)
+from cutpaste.core.train import InferenceSetup, prepare_for_inference
 
 # Serialises building and preparing networks (rare, at load time); a module-level lock keeps Detector
 # picklable and deep-copyable (Kedro copies node outputs).
@@ -46,60 +49,6 @@ def holdout_split(count: int, fraction: float = 0.2, min_images: int = 10, seed:
     return {"fit": sorted(int(i) for i in order[n_calibration:]), "calibration": sorted(int(i) for i in order[:n_calibration])}
 
 
-THRESHOLD_METHODS = ("lognormal", "empirical")
-
-
-@dataclass
-class Threshold:
-    """Decision threshold on the anomaly score and the normal-score statistics used to normalise."""
-
-    value: float
-    quantile: float
-    normal_mean: float
-    normal_std: float
-    n_images: int
-    method: str = "lognormal"
-
-
-def fit_threshold(calibration_scores: np.ndarray, quantile: float = 0.99, method: str = "lognormal") -> Threshold:
-    """Threshold at the ``quantile`` of the anomaly scores of held-out normal images.
-
-    ``method``:
-
-    - ``"lognormal"`` (default): the upper ``quantile`` prediction bound of a log-normal fitted to
-      the calibration scores, ``exp(m + t_{quantile, n-1} * s * sqrt(1 + 1/n))`` with m, s the mean
-      and standard deviation of the log scores. The Student-t factor accounts for the few calibration
-      images, so under the log-normal model a new normal image exceeds it with probability
-      ``1 - quantile`` for any n; it can lie above the highest calibration score.
-    - ``"empirical"``: the empirical quantile. With n calibration images it resolves steps of 1/n:
-      with 10 images, 0.99 lies between the two highest scores, and a new normal image exceeds the
-      highest of n exchangeable scores with probability 1/(n + 1) (9 % for n = 10).
-
-    Raises:
-        ValueError: a quantile outside [0.5, 1), an unknown method, fewer than 2 scores or (log-normal)
-            a score that is not positive.
-    """
-    if not 0.5 <= quantile < 1:
-        raise ValueError(f"threshold quantile must be in [0.5, 1), got {quantile}")
-    if method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold method must be one of {THRESHOLD_METHODS}, got '{method}'")
-    scores = np.asarray(calibration_scores, dtype=np.float64)
-    if scores.ndim != 1 or len(scores) < 2:
-        raise ValueError(f"need at least 2 calibration scores, got shape {scores.shape}")
-    if method == "empirical":
-        value = float(np.quantile(scores, quantile))
-    else:
-        from scipy.stats import t as student_t
-
-        if (scores <= 0).any() or not np.isfinite(scores).all():
-            raise ValueError("a log-normal threshold needs positive finite calibration scores; use threshold.method=empirical")
-        logs = np.log(scores)
-        count = len(logs)
-        spread = float(logs.std(ddof=1)) * np.sqrt(1 + 1 / count)
-        value = float(np.exp(logs.mean() + student_t.ppf(quantile, count - 1) * spread))
-    return Threshold(value, quantile, float(scores.mean()), float(scores.std() or 1.0), len(scores), method)
-
-
 @dataclass
 class Detector:
     """Everything needed to score a new image of one category.
@@ -117,6 +66,7 @@ class Detector:
     feature_batch_size: int = 64
     precision: str = "auto"
     device: str = "auto"
+    image_score: ImageScore = field(default_factory=ImageScore)
     _prepared: tuple[CutPasteNet, InferenceSetup] | None = field(default=None, repr=False, compare=False)
 
     def prepare(self) -> tuple[CutPasteNet, InferenceSetup]:
@@ -150,8 +100,7 @@ class Detector:
         if len(images) == 0:
             return np.zeros(0)
         network, setup = self.prepare()
-        features = embed_images(network, images, setup, self.feature_batch_size)
-        return self.density.score_samples(features)
+        return self.image_score.score(network, setup, images, self.density, self.feature_batch_size)
 
     def decide(self, scores: np.ndarray) -> pd.DataFrame:
         """score, normalized_score ((score - normal mean) / normal std) and decision per score."""
@@ -187,15 +136,19 @@ class Detector:
         arrays = np.stack([to_rgb_array(image, self.image_size) for image in images])
         return self.decide(self.score_arrays(arrays))
 
-    # --- persistence: a folder with model.pt (state dict), density.npz and detector.json; no pickle
+    # --- persistence: a folder with model.pt (state dict), density.npz, image_score.npz (fused only) and
+    # detector.json; no pickle
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.state_dict, folder / "model.pt")
         np.savez(folder / "density.npz", **self.density.to_arrays())
+        image_score_arrays = self.image_score.to_arrays()
+        if image_score_arrays:
+            np.savez(folder / "image_score.npz", **image_score_arrays)
         meta = {
             "category": self.category, "image_size": self.image_size, "model_config": self.model_config,
-            "density": self.density.settings(), "threshold": asdict(self.threshold),
+            "density": self.density.settings(), "image_score": self.image_score.settings(), "threshold": asdict(self.threshold),
             "feature_batch_size": self.feature_batch_size, "precision": self.precision, "device": self.device,
         }
         (folder / "detector.json").write_text(json.dumps(meta, indent=2))
@@ -208,10 +161,15 @@ class Detector:
         state_dict = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         with np.load(folder / "density.npz") as arrays:
             density = GaussianDensity.from_arrays(meta["density"], dict(arrays))
+        image_score_arrays = {}
+        if (folder / "image_score.npz").is_file():
+            with np.load(folder / "image_score.npz") as arrays:
+                image_score_arrays = dict(arrays)
         return cls(
             category=meta["category"], image_size=meta["image_size"], model_config=meta["model_config"],
             state_dict=state_dict, density=density, threshold=Threshold(**meta["threshold"]),
             feature_batch_size=meta["feature_batch_size"], precision=meta["precision"], device=meta["device"],
+            image_score=ImageScore.from_arrays(meta.get("image_score"), image_score_arrays),
         )
 
 

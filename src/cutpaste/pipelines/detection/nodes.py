@@ -13,10 +13,12 @@ import torch
 from cutpaste.core import data, report, synthetic
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.detector import Detector, Threshold, fit_threshold, holdout_split
+from cutpaste.core.detector import Detector, Threshold, holdout_split
+from cutpaste.core.image_score import ImageScore
+from cutpaste.core.image_score import fit_image_score as fit_image_score_core
 from cutpaste.core.metrics import f1_max, image_auroc
 from cutpaste.core.models import CutPasteNet
-from cutpaste.core.train import TrainConfig, Trainer, extract_features
+from cutpaste.core.train import InferenceSetup, TrainConfig, Trainer, extract_features, prepare_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -120,27 +122,60 @@ def fit_density(train_features: np.ndarray, split: dict, density: dict) -> Gauss
     return GaussianDensity(shrinkage=density["shrinkage"], l2_normalize=density["l2_normalize"]).fit(train_features[split["fit"]])
 
 
-def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict) -> pd.DataFrame:
-    """One row per test image: path, defect_type, label, score (higher = more anomalous)."""
-    test_features = image_features(state_dict, dataset["test_images"], model, training, features)
+def prepared_model(state_dict: dict, model: dict, training: dict) -> tuple[CutPasteNet, InferenceSetup]:
+    """The trained network on its inference device, precision and memory format, in eval mode."""
+    network = load_model(state_dict, model)
+    return network, prepare_for_inference(network, training["device"], training["precision"], training["memory_format"])
+
+
+def fit_image_score(state_dict: dict, gde: GaussianDensity, dataset: dict, split: dict, model: dict, training: dict, features: dict,
+                    image_score: dict, threshold: dict) -> ImageScore:
+    """How images are scored (``image_score.method``: ``pooled``, the paper's GDE of pooled features, or
+    ``fused`` with the stem's local density; see :mod:`cutpaste.core.image_score`), fitted on the
+    ``fit`` split; each fused component's own threshold and the calibration images' scores come from
+    the held-out ``calibration`` split."""
+    network, setup = prepared_model(state_dict, model, training)
+    images = dataset["train_images"]
+    stem = image_score.get("stem") or {}
+    score = fit_image_score_core(image_score["method"], network, setup, images[split["fit"]], images[split["calibration"]], gde,
+                                 batch_size=int(features["batch_size"]), max_stem_vectors=int(stem.get("max_vectors", 100_000)),
+                                 seed=int(stem.get("seed", 0)), shrinkage=gde.shrinkage, quantile=float(threshold["quantile"]),
+                                 threshold_method=threshold.get("method", "lognormal"))
+    logger.info("%s: image score '%s' (log2 of the component thresholds: %s)", dataset["category"], score.method,
+                {name: round(value, 2) for name, value in score.references.items()} or "-")
+    return score
+
+
+def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict,
+                      image_score: ImageScore | None = None) -> pd.DataFrame:
+    """One row per test image: path, defect_type, label, score (higher = more anomalous), and with a
+    fused image score each component's raw score (``score_pooled``, ``score_stem``)."""
+    image_score = image_score or ImageScore()
+    network, setup = prepared_model(state_dict, model, training)
+    components = image_score.components(network, setup, dataset["test_images"], gde, int(features["batch_size"]))
     scores = index.loc[index["split"] == "test", ["path", "defect_type", "label"]].reset_index(drop=True)
-    scores["score"] = gde.score_samples(test_features)
+    scores["score"] = image_score.combine(components)
+    if image_score.method != "pooled":
+        for name, values in components.items():
+            scores[f"score_{name}"] = values
     return scores
 
 
-def calibrate_threshold(gde: GaussianDensity, train_features: np.ndarray, split: dict, threshold: dict) -> dict:
-    """Decision threshold from normal images only: a quantile of the GDE scores of the held-out
-    calibration images, which neither the network nor the GDE has seen."""
-    scores = gde.score_samples(train_features[split["calibration"]])
-    return dataclasses.asdict(fit_threshold(scores, quantile=float(threshold["quantile"]), method=threshold.get("method", "lognormal")))
+def calibrate_threshold(image_score: ImageScore) -> dict:
+    """Decision threshold from normal images only, the held-out calibration images, which neither the
+    network nor the densities have seen: a quantile of their pooled scores, or for a fused score 1
+    (either component at its own bound; :meth:`~cutpaste.core.image_score.ImageScore.threshold`)."""
+    return dataclasses.asdict(image_score.threshold())
 
 
-def package_detector(state_dict: dict, gde: GaussianDensity, threshold: dict, dataset: dict, model: dict, training: dict, features: dict) -> Detector:
-    """Weights + GDE + threshold + preprocessing settings, for inference and serving."""
+def package_detector(state_dict: dict, gde: GaussianDensity, image_score: ImageScore, threshold: dict, dataset: dict, model: dict, training: dict,
+                     features: dict) -> Detector:
+    """Weights + GDE + image score + threshold + preprocessing settings, for inference and serving."""
     return Detector(
         category=dataset["category"], image_size=int(dataset["image_size"]), model_config=dict(model),
         state_dict=state_dict, density=gde, threshold=Threshold(**threshold),
         feature_batch_size=int(features["batch_size"]), precision=training["precision"], device=training["device"],
+        image_score=image_score,
     )
 
 

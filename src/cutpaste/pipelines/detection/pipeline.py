@@ -1,6 +1,7 @@
 """Image-level CutPaste detection, one namespace per category, and the detection report.
 
-ingest -> train proxy task -> features of normal training images -> GDE -> score test images ->
+ingest -> train proxy task -> features of normal training images -> GDE -> image score (pooled, or fused
+with the stem's local density) -> threshold -> score test images ->
 image AUROC and figures; then ``build_detection_report`` gathers every category's metrics into
 ``data/08_reporting/detection_table.{csv,md}``. Every artifact is a catalog dataset (see
 ``conf/base/catalog.yml``). ``kedro run --namespaces=brick`` runs one category (the report needs all).
@@ -14,7 +15,7 @@ from cutpaste import registration
 from cutpaste.pipelines.common import bind_category
 from cutpaste.pipelines.detection import nodes
 
-SHARED_PARAMETERS = ("data_root", "demo", "ingest", "model", "training", "augment", "features", "density", "threshold")
+SHARED_PARAMETERS = ("data_root", "demo", "ingest", "model", "training", "augment", "features", "density", "image_score", "threshold")
 
 
 def create_category_pipeline(category: str, tsne: bool = False) -> Pipeline:
@@ -27,9 +28,13 @@ def create_category_pipeline(category: str, tsne: bool = False) -> Pipeline:
         node(nodes.training_figure, ["training_history", "dataset"], "training_figure", name="plot_training"),
         node(nodes.extract_train_features, ["model", "dataset", "params:model", "params:training", "params:features"], "train_features", name="extract_features"),
         node(nodes.fit_density, ["train_features", "holdout_split", "params:density"], "density", name="fit_density"),
-        node(nodes.calibrate_threshold, ["density", "train_features", "holdout_split", "params:threshold"], "threshold", name="calibrate_threshold"),
-        node(nodes.package_detector, ["model", "density", "threshold", "dataset", "params:model", "params:training", "params:features"], "detector", name="package_detector"),
-        node(nodes.score_test_images, ["model", "density", "dataset", "index", "params:model", "params:training", "params:features"], "scores", name="score_test_images"),
+        node(nodes.fit_image_score, ["model", "density", "dataset", "holdout_split", "params:model", "params:training", "params:features",
+                                     "params:image_score", "params:threshold"], "image_score", name="fit_image_score"),
+        node(nodes.calibrate_threshold, "image_score", "threshold", name="calibrate_threshold"),
+        node(nodes.package_detector, ["model", "density", "image_score", "threshold", "dataset", "params:model", "params:training", "params:features"],
+             "detector", name="package_detector"),
+        node(nodes.score_test_images, ["model", "density", "dataset", "index", "params:model", "params:training", "params:features", "image_score"],
+             "scores", name="score_test_images"),
         node(nodes.evaluate_detection, ["scores", "threshold", "dataset"], ["metrics", "roc_figure", "score_histogram"], name="evaluate"),
     ])
     parameters = {f"params:{name}" for name in SHARED_PARAMETERS}
