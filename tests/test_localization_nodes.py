@@ -51,12 +51,51 @@ def test_normalisation_statistics_come_from_the_calibration_images_alone():
         else:
             assert not np.allclose(other.density.means_, localizer.density.means_)
 
-    maps, raw = nodes.score_maps(localizer, dataset, LOCALIZATION)
+    maps, raw, patch = nodes.score_maps(localizer, dataset, LOCALIZATION)
     assert maps.shape == raw.shape == (5, 32, 32)
+    np.testing.assert_array_equal(maps, patch)  # no stem: the maps are the patch maps
     np.testing.assert_allclose(raw, localizer.score_maps(dataset["test_images"], normalized=False), rtol=1e-5)
     assert not np.allclose(maps, raw)
     off = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**LOCALIZATION, "normalize": False}, DENSITY)
     assert not off.normalized
+
+
+def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_calibration_split(tmp_path):
+    from cutpaste.core.localize import Localizer
+
+    torch.manual_seed(0)
+    state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0}}
+    localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
+    assert localizer.fused and set(localizer.fusion_references) == {"patch", "stem"}
+    calibration = dataset["train_images"][split["calibration"]]
+    calibration_patch = localizer.maps_from_grids(localizer.score_grids(calibration))
+    assert localizer.fusion_references["patch"] == np.quantile(calibration_patch, 0.99)
+    assert localizer.fusion_references["stem"] == np.quantile(localizer.stem_maps(calibration), 0.99)
+
+    maps, raw, patch = nodes.score_maps(localizer, dataset, settings)
+    stem = localizer.stem_maps(dataset["test_images"])
+    np.testing.assert_allclose(maps, np.maximum(patch - localizer.fusion_references["patch"], stem - localizer.fusion_references["stem"]), rtol=1e-6)
+    np.testing.assert_allclose(localizer.score_maps(dataset["test_images"]), maps, rtol=1e-5, atol=1e-5)
+
+    # test images change neither the stem density nor the references; a fit image changes the stem density
+    changed = {**dataset, "test_images": 255 - dataset["test_images"]}
+    again = nodes.fit_localizer(state_dict, changed, split, MODEL, settings, DENSITY)
+    assert again.fusion_references == localizer.fusion_references
+    np.testing.assert_array_equal(again.stem.mean_, localizer.stem.mean_)
+    images = dataset["train_images"].copy()
+    images[split["fit"][0]] = 255 - images[split["fit"][0]]
+    other = nodes.fit_localizer(state_dict, {**dataset, "train_images": images}, split, MODEL, settings, DENSITY)
+    assert not np.allclose(other.stem.mean_, localizer.stem.mean_)
+
+    localizer.save(tmp_path / "localizer")
+    loaded = Localizer.load(tmp_path / "localizer")
+    assert loaded.fused and loaded.fusion_references == localizer.fusion_references
+    np.testing.assert_allclose(loaded.score_maps(dataset["test_images"]), maps, rtol=1e-5, atol=1e-5)
+    unfused = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "normalize_statistic": "mean_std"}, DENSITY)
+    assert not unfused.fused  # fusion reads maps in log2 units: not with mean_std maps
 
 
 def _write_category(root, name: str) -> None:

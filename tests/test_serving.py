@@ -23,7 +23,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from cutpaste.core.density import GaussianDensity
-from cutpaste.core.detector import Detector, fit_threshold
+from cutpaste.core.detector import Detector
+from cutpaste.core.image_score import fit_image_score
 from cutpaste.core.models import CutPasteNet
 from cutpaste.core.train import embed_images, extract_features, prepare_for_inference
 from cutpaste.serving import ENV_MAX_IMAGES, ENV_MAX_PIXELS, ServingLimits, decode_image, save_pyfunc
@@ -34,15 +35,17 @@ MAX_IMAGES = 16
 
 
 def _detector() -> tuple[Detector, np.ndarray]:
+    """A detector with the default fused image score (pooled GDE + the stem's local density)."""
     torch.manual_seed(0)
     network = CutPasteNet(num_classes=3, head_dims=(16,)).eval()
     images = np.random.default_rng(0).integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
-    features = extract_features(network, images, 8, "cpu", "fp32")
+    features = extract_features(network, images[:8], 8, "cpu", "fp32")
     gde = GaussianDensity(shrinkage="ledoit_wolf", l2_normalize=False).fit(features)
+    image_score = fit_image_score("fused", network, prepare_for_inference(network, "cpu", "fp32"), images[:8], images[8:], gde, 8, quantile=0.9)
     detector = Detector(
         category="widget", image_size=SIZE, model_config={"backbone": "resnet18", "head_dims": [16]},
         state_dict={k: v.clone() for k, v in network.state_dict().items()}, density=gde,
-        threshold=fit_threshold(gde.score_samples(features), 0.9), feature_batch_size=8, precision="auto", device="cpu",
+        threshold=image_score.threshold(), feature_batch_size=8, precision="auto", device="cpu", image_score=image_score,
     )
     return detector, images
 

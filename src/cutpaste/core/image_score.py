@@ -111,6 +111,19 @@ def stem_scores(network: nn.Module, density: GaussianDensity, images: np.ndarray
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
+def stem_maps(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, S, S) float32 pixel maps of log2 of the stem density's score: each
+    location's log score averaged over its 3 x 3 neighbours (the stem's stride is 2 px, its filters
+    7 px wide), then resized bilinearly onto the pixels."""
+    maps = []
+    for responses in stem_batches(network, images, setup, batch_size):
+        scores = density.score_samples(_as_vectors(responses)).reshape(len(responses), 1, *responses.shape[2:])
+        grid = torch.from_numpy(np.log2(np.maximum(scores, _TINY))).float()
+        grid = nn.functional.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False)
+        maps.append(nn.functional.interpolate(grid, size=tuple(images.shape[1:3]), mode="bilinear", align_corners=False)[:, 0].numpy())
+    return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), dtype=np.float32)
+
+
 @dataclass
 class ImageScore:
     """How an image's anomaly score is formed (see the module docstring).

@@ -15,8 +15,17 @@ import torch
 from torch import nn
 
 from cutpaste.core.density import GaussianDensity, l2_normalize
+from cutpaste.core.image_score import fit_stem_density
+from cutpaste.core.image_score import stem_maps as stem_score_maps
 from cutpaste.core.register import RigidRegistration, coverage, warp
-from cutpaste.core.train import images_to_tensor, resolve_device, resolve_memory_format, resolve_precision
+from cutpaste.core.train import (
+    InferenceSetup,
+    images_to_tensor,
+    prepare_for_inference,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +407,7 @@ def scaled(value_at_256: int, image_size: int) -> int:
 
 
 COVERAGE_MIN = 0.98  # a registered patch with less of its area inside the input photo gets the normal score
+FUSION_QUANTILE = 0.99  # each fused map component is read in units of this quantile of its calibration pixels
 
 
 class Localizer:
@@ -415,18 +425,26 @@ class Localizer:
     parts that rotate or move between images are first rotated and shifted onto the reference pose
     the density was fitted in; the maps are warped back, so they overlay the input images.
 
+    Stem fusion (:meth:`fit_stem`, log_ratio maps only): a shared Gaussian of the patch model's first
+    convolution responses (:func:`cutpaste.core.image_score.fit_stem_density`) gives a second map at
+    the stem's 2 px stride; each map is read in log2 units above the 99th percentile of its own
+    calibration pixels, and the fused map is the larger of the two at every pixel. The stem density is
+    shared by all locations, so it needs no registration.
+
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
 
     def __init__(self, state_dict: dict, model_config: dict, density: LocationDensity, image_size: int,
                  patch_size: int, stride: int, sigma: float, embed_args: dict,
                  norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
-                 registration: RigidRegistration | None = None) -> None:
+                 registration: RigidRegistration | None = None, stem: GaussianDensity | None = None,
+                 fusion_references: dict[str, float] | None = None) -> None:
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
         self.norm_center, self.norm_scale, self.norm_statistic = norm_center, norm_scale, norm_statistic
         self.registration = registration
+        self.stem, self.fusion_references = stem, dict(fusion_references or {})
 
     @property
     def normalized(self) -> bool:
@@ -483,12 +501,56 @@ class Localizer:
 
     def calibrate(self, calibration_images: np.ndarray, statistic: str = "log_ratio", progress: bool = False) -> np.ndarray:
         """Set the per-location normalisation from normal calibration images (unseen by the patch model
-        and the density); returns their (K, G, G) raw patch scores. With registration, a location's
-        statistics come from the calibration images whose registered patch there lies inside the photo."""
+        and the density), and with a stem density both maps' fusion references; returns their
+        (K, G, G) raw patch scores. With registration, a location's statistics come from the
+        calibration images whose registered patch there lies inside the photo."""
         images, transforms = self.register(calibration_images)
         grids = self.score_grids(images, progress=progress, registered=True)
         self.set_normalization(grids, statistic, transforms)
+        if self.stem is not None:
+            self.set_fusion_references(self.maps_from_grids(grids, normalized=True, transforms=transforms), self.stem_maps(calibration_images))
         return grids
+
+    @property
+    def fused(self) -> bool:
+        return self.stem is not None
+
+    def _stem_network(self) -> tuple[nn.Module, InferenceSetup]:
+        network = self._network()
+        return network, prepare_for_inference(network, self.embed_args.get("device", "auto"), self.embed_args.get("precision", "auto"),
+                                              self.embed_args.get("memory_format", "auto"))
+
+    def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0) -> None:
+        """Fit the stem density on normal (N, S, S, 3) images (the fit split, as input: no registration)."""
+        if self.norm_statistic not in (None, "log_ratio"):
+            raise ValueError(f"stem fusion reads maps in log2 units: it needs normalize_statistic log_ratio, not '{self.norm_statistic}'")
+        self._check_size(fit_images)
+        network, setup = self._stem_network()
+        self.stem = fit_stem_density(network, fit_images, setup, max_vectors=max_vectors, seed=seed,
+                                     shrinkage=self.density.shrinkage)
+        self.fusion_references = {}
+
+    def stem_maps(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`)."""
+        if self.stem is None:
+            raise ValueError("this localizer has no stem density (fit_stem)")
+        self._check_size(images)
+        network, setup = self._stem_network()
+        return stem_score_maps(network, self.stem, images, setup, int(self.embed_args.get("batch_size", 64)))
+
+    def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
+        """Each component's reference: the 99th percentile of its normal calibration pixels (log2 units)."""
+        if self.norm_statistic != "log_ratio":
+            raise ValueError("stem fusion needs log_ratio-normalised patch maps (calibrate with statistic log_ratio)")
+        self.fusion_references = {"patch": float(np.quantile(calibration_patch_maps, FUSION_QUANTILE)),
+                                  "stem": float(np.quantile(calibration_stem_maps, FUSION_QUANTILE))}
+
+    def fuse(self, patch_maps: np.ndarray, stem_maps: np.ndarray) -> np.ndarray:
+        """(N, S, S) normalised patch maps and log2 stem maps -> the fused maps: at every pixel the larger
+        of the two, each in log2 units above its calibration pixels' 99th percentile (0 = that level)."""
+        if set(self.fusion_references) != {"patch", "stem"}:
+            raise ValueError("the fused maps need the fusion references (calibrate the localizer)")
+        return np.maximum(patch_maps - self.fusion_references["patch"], stem_maps - self.fusion_references["stem"]).astype(np.float32)
 
     def set_normalization(self, calibration_grids: np.ndarray, statistic: str = "log_ratio", transforms: np.ndarray | None = None) -> None:
         """The per-location normalisation from the (K, G, G) raw patch scores of normal calibration
@@ -522,9 +584,12 @@ class Localizer:
 
     def score_maps(self, images: np.ndarray, progress: bool = False, normalized: bool | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores (normalised when
-        calibrated), registered onto the reference pose and back when the localizer registers."""
-        images, transforms = self.register(images)
-        return self.maps_from_grids(self.score_grids(images, progress, registered=True), normalized, transforms)
+        calibrated, and fused with the stem map when the localizer has one), registered onto the
+        reference pose and back when the localizer registers."""
+        registered, transforms = self.register(images)
+        maps = self.maps_from_grids(self.score_grids(registered, progress, registered=True), normalized, transforms)
+        normalized = self.normalized if normalized is None else normalized
+        return self.fuse(maps, self.stem_maps(images)) if self.fused and normalized else maps
 
     def save(self, folder) -> None:
         import json
@@ -538,11 +603,14 @@ class Localizer:
             arrays.update(norm_center=self.norm_center, norm_scale=self.norm_scale)
         if self.registration is not None:
             arrays.update(registration_reference=self.registration.reference)
+        if self.stem is not None:
+            arrays.update({f"stem_{key}": value for key, value in self.stem.to_arrays().items()})
         np.savez(folder / "density.npz", **arrays)
         meta = {"model_config": self.model_config, "image_size": self.image_size, "patch_size": self.patch_size,
                 "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": self.density.grid_,
                 "density": self.density.settings(), "normalization": self.norm_statistic,
-                "registration": None if self.registration is None else self.registration.settings()}
+                "registration": None if self.registration is None else self.registration.settings(),
+                "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -565,6 +633,12 @@ class Localizer:
             if "registration_reference" not in arrays:
                 raise ValueError(f"{folder / 'density.npz'}: localizer.json says registered but registration_reference is missing")
             registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"])
+        stem = None
+        if meta.get("stem"):
+            stem_arrays = {key[len("stem_"):]: value for key, value in arrays.items() if key.startswith("stem_")}
+            if not stem_arrays:
+                raise ValueError(f"{folder / 'density.npz'}: localizer.json has a stem density but its stem_* arrays are missing")
+            stem = GaussianDensity.from_arrays(meta["stem"], stem_arrays)
         state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
         return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
-                   meta["embed_args"], **normalization, registration=registration)
+                   meta["embed_args"], **normalization, registration=registration, stem=stem, fusion_references=meta.get("fusion_references"))

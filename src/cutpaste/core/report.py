@@ -177,8 +177,10 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     each heatmap with a colour bar.
 
     Patch maps share one colour scale across rows. ``normalization`` names the maps' unit: "log_ratio"
-    (log2 of the score over the location's normal score: 0 = normal there, 1 = twice it) or
-    "mean_std" / "median_mad" (calibration spreads above the normal level); the scale runs from 0 to
+    (log2 of the score over the location's normal score: 0 = normal there, 1 = twice it), "fused"
+    (patch and stem maps fused: log2 above the 99th percentile of the normal calibration pixels of
+    whichever map is higher) or "mean_std" / "median_mad" (calibration spreads above the normal
+    level); the scale runs from 0 to
     the 99.9th percentile of the shown maps (at least 3; one hot spot does not wash out the others).
     None: raw maps, spanning the 1st to 99.9th percentile of the shown maps.
     GradCAM maps are scaled per image to their maximum (GradCAM has no absolute unit).
@@ -189,8 +191,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     columns = 4 if gradcam_maps is not None else 3
     if normalization is not None:
         patch_range = (0.0, max(3.0, float(np.percentile(patch_maps, 99.9))))
-        patch_label = ("patch score (log2 of score / normal score here)" if normalization == "log_ratio"
-                       else "patch score (normal spreads above normal)")
+        patch_label = {"log_ratio": "patch score (log2 of score / normal score here)",
+                       "fused": "log2 of score / 99th pct of normal pixels"}.get(normalization, "patch score (normal spreads above normal)")
     else:
         patch_range = (float(np.percentile(patch_maps, 1)), float(np.percentile(patch_maps, 99.9)))
         patch_label = "patch score (raw Mahalanobis$^2$)"
@@ -202,7 +204,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
         if gradcam_maps is not None:
             cam = gradcam_maps[row] / max(float(gradcam_maps[row].max()), 1e-12)
             panels.append((image, cam, "GradCAM (image model)", (0.0, 1.0), "GradCAM / its max"))
-        panels.append((image, patch_maps[row], "patch model" + (" (normalised)" if normalization is not None else ""), patch_range, patch_label))
+        title = {"fused": "patch + stem (fused)", None: "patch model"}.get(normalization, "patch model (normalised)")
+        panels.append((image, patch_maps[row], title, patch_range, patch_label))
         for column, (picture, heat, label, value_range, bar_label) in enumerate(panels):
             axis = axes[row, column]
             axis.imshow(picture)

@@ -86,6 +86,11 @@ def _normalization(localization: dict) -> str | None:
     return str(localization.get("normalize_statistic", "log_ratio")) if localization.get("normalize", True) else None
 
 
+def _fused(localization: dict) -> bool:
+    """Whether the maps are fused with the stem map (``localization.stem.fuse``, with log_ratio maps only)."""
+    return bool((localization.get("stem") or {}).get("fuse", False)) and _normalization(localization) == "log_ratio"
+
+
 def _per_location(category: str, localization: dict) -> bool:
     return category in set(localization.get("per_location_categories") or [])
 
@@ -128,6 +133,13 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration)
     statistic = _normalization(localization)
+    stem = localization.get("stem") or {}
+    if _fused(localization):
+        logger.info("%s: fitting the stem density (first-convolution responses) for fused maps", dataset["category"])
+        localizer.fit_stem(dataset["train_images"][split["fit"]], int(stem.get("max_vectors", 100_000)), int(stem.get("seed", 0)))
+    elif stem.get("fuse", False):
+        logger.warning("%s: localization.stem.fuse needs normalised log_ratio maps (normalize: true, normalize_statistic: log_ratio); "
+                       "the maps stay unfused", dataset["category"])
     if statistic is not None:
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
         localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
@@ -135,12 +147,15 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     return localizer
 
 
-def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(N_test, S, S) float32 pixel anomaly scores, twice: the localizer's maps (normalised when it is
-    calibrated) and the raw maps (squared Mahalanobis distances), from one pass of dense scoring."""
+def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N_test, S, S) float32 pixel anomaly scores, three times, from one pass of dense scoring: the
+    localizer's maps (normalised when it is calibrated, fused with the stem map when it has one), the
+    raw patch maps (squared Mahalanobis distances) and the patch maps before fusion."""
     images, transforms = localizer.register(dataset["test_images"])
     grids = localizer.score_grids(images, progress=localization["training"].get("progress", True), registered=True)
-    return localizer.maps_from_grids(grids, transforms=transforms), localizer.maps_from_grids(grids, normalized=False, transforms=transforms)
+    patch_maps = localizer.maps_from_grids(grids, transforms=transforms)
+    maps = localizer.fuse(patch_maps, localizer.stem_maps(dataset["test_images"])) if localizer.fused and localizer.normalized else patch_maps
+    return maps, localizer.maps_from_grids(grids, normalized=False, transforms=transforms), patch_maps
 
 
 def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, dataset: dict, model: dict, training: dict) -> np.ndarray:
@@ -150,10 +165,13 @@ def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, da
     return resized[:, 0].numpy()
 
 
-def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame, localization: dict):
-    """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, of the maps and of the raw
-    (unnormalised) maps; GradCAM pixel AUROC; Figure 4 with the maps and colour bars."""
+def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame,
+                          localization: dict):
+    """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, of the maps, of the raw
+    (unnormalised) maps and, when the maps are fused with the stem, of the patch maps alone;
+    GradCAM pixel AUROC; Figure 4 with the maps and colour bars."""
     masks = dataset["test_masks"]
+    fused = _fused(localization)
     labels = index.loc[index["split"] == "test", "label"].to_numpy()
     normalization = _normalization(localization)
     metrics = {
@@ -164,14 +182,17 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, cams: np.ndarr
         "gradcam_pixel_auroc": pixel_auroc(masks, cams),
         "gradcam_image_auroc_from_map": image_auroc(labels, cams.reshape(len(cams), -1).max(1)),
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
-        "maps": "normalised" if normalization is not None else "raw",
+        "maps": ("fused with the stem" if fused else "normalised") if normalization is not None else "raw",
     }
+    if fused:
+        metrics.update({"pixel_auroc_patch": pixel_auroc(masks, patch_maps), "aupro_patch": aupro(masks, patch_maps),
+                        "image_auroc_from_patch_map": image_auroc(labels, patch_maps.reshape(len(patch_maps), -1).max(1))})
     logger.info("%s: pixel AUROC %.4f (GradCAM %.4f), AUPRO %.4f", dataset["category"], metrics["pixel_auroc"], metrics["gradcam_pixel_auroc"], metrics["aupro"])
     defective = np.flatnonzero(labels)
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
-                                        f"{dataset['category']}: localization", normalization=normalization)
+                                        f"{dataset['category']}: localization", normalization="fused" if fused else normalization)
     return metrics, figure
 
 
