@@ -408,6 +408,7 @@ def scaled(value_at_256: int, image_size: int) -> int:
 
 COVERAGE_MIN = 0.98  # a registered patch with less of its area inside the input photo gets the normal score
 FUSION_QUANTILE = 0.99  # each fused map component is read in units of this quantile of its calibration pixels
+STEM_BATCH_IMAGES = 8  # images per stem pass: at 256 px, 8 x 128 x 128 locations of 64 responses (67 MB in float64)
 
 
 class Localizer:
@@ -526,7 +527,7 @@ class Localizer:
             raise ValueError(f"stem fusion reads maps in log2 units: it needs normalize_statistic log_ratio, not '{self.norm_statistic}'")
         self._check_size(fit_images)
         network, setup = self._stem_network()
-        self.stem = fit_stem_density(network, fit_images, setup, max_vectors=max_vectors, seed=seed,
+        self.stem = fit_stem_density(network, fit_images, setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
         self.fusion_references = {}
 
@@ -536,7 +537,7 @@ class Localizer:
             raise ValueError("this localizer has no stem density (fit_stem)")
         self._check_size(images)
         network, setup = self._stem_network()
-        return stem_score_maps(network, self.stem, images, setup, int(self.embed_args.get("batch_size", 64)))
+        return stem_score_maps(network, self.stem, images, setup, STEM_BATCH_IMAGES)
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
         """Each component's reference: the 99th percentile of its normal calibration pixels (log2 units)."""
