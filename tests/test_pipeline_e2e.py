@@ -29,7 +29,7 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
     scores = pd.read_csv(project_copy / "data/07_model_output/brick/scores.csv")
     assert list(scores.columns) == ["path", "defect_type", "label", "score", "score_pooled", "score_stem"] and len(scores) == 14
     image_score = pd.read_pickle(project_copy / "data/06_models/brick/image_score.pkl")
-    assert image_score.method == "fused"  # the base default, which conf/test keeps
+    assert image_score.method == "fused"  # conf/test runs the fused score (base: pooled)
     fused = np.exp2(np.maximum(np.log2(scores["score_pooled"]) - image_score.references["pooled"],
                                np.log2(scores["score_stem"]) - image_score.references["stem"]))
     np.testing.assert_allclose(scores["score"], fused, rtol=1e-9)
