@@ -48,4 +48,4 @@ airflow-run: dag
 	KEDRO_ENV=$(ENV) $(BIN)/python -m cutpaste.engine.local --dag-id cutpaste_$(PIPELINE)_$(ENV)
 
 clean:
-	find data -type f ! -name .gitkeep -delete; rm -rf mlflow.db mlruns mlflow-server.db mlartifacts airflow_dags airflow_home
+	find data -type f ! -name .gitkeep -delete; find data -mindepth 2 -type d -empty -delete; rm -rf mlflow.db mlruns mlflow-server.db mlartifacts airflow_dags airflow_home

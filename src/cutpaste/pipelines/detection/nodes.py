@@ -26,15 +26,17 @@ logger = logging.getLogger(__name__)
 def prepare_raw_data(category: str, data_root: str, demo: dict) -> str:
     """Return the data root to read, generating the demo category first when configured.
 
-    A category folder that already exists without a demo manifest is real data and is used as it
+    A category folder that already holds files but no demo manifest is real data and is used as it
     is (``data_root=/path/to/mvtec`` needs no ``demo.generate=false``); demo generation only ever
-    writes the bundled demo categories.
+    writes the bundled demo categories, and writes them again into a folder left empty (``make clean``
+    deletes files, not folders).
 
     Raises:
         data.DatasetError: when the category folder is missing and cannot be generated.
     """
     folder = Path(data_root) / category
-    is_real_data = folder.is_dir() and not (folder / "demo_manifest.json").is_file()
+    holds_files = folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
+    is_real_data = holds_files and not (folder / "demo_manifest.json").is_file()  # empty folders (after `make clean`) are regenerated
     if demo.get("generate", False) and not is_real_data and category in synthetic.DEMO_CATEGORIES:
         settings = {key: value for key, value in demo.items() if key != "generate"}
         synthetic.ensure_demo_category(data_root, category, **settings)
