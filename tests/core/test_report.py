@@ -55,5 +55,10 @@ def test_localization_figure_gives_every_heatmap_a_colour_bar():
     assert labels.count("patch score (log2 of score / normal score here)") == 2
     spreads = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), None, ["a", "b"], "t", normalization="mean_std")
     assert [axis.get_ylabel() for axis in spreads.axes if axis.get_ylabel()].count("patch score (normal spreads above normal)") == 2
+    fused_maps = rng.normal(-3.0, 1.0, size=(2, 16, 16))
+    fused = localization_figure(images, masks, fused_maps, None, ["a", "b"], "t", normalization="fused")
+    bars = [axis for axis in fused.axes if axis.get_ylabel() == "log2 of score / 99th pct of normal pixels"]
+    assert len(bars) == 2 and bars[0].get_ylim()[0] == np.percentile(fused_maps, 50)  # from the median: most fused values are < 0
+    assert [axis.get_title() for axis in fused.axes].count("patch + stem (fused)") == 2
     raw = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), None, ["a", "b"], "t", normalization=None)
     assert [axis.get_ylabel() for axis in raw.axes if axis.get_ylabel()].count("patch score (raw Mahalanobis$^2$)") == 2

@@ -184,8 +184,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     Patch maps share one colour scale across rows. ``normalization`` names the maps' unit: "log_ratio"
     (log2 of the score over the location's normal score: 0 = normal there, 1 = twice it), "fused"
     (patch and stem maps fused: log2 above the 99th percentile of the normal calibration pixels of
-    whichever map is higher) or "mean_std" / "median_mad" (calibration spreads above the normal
-    level); the scale runs from 0 to
+    whichever map is higher; the scale runs from the shown maps' median) or "mean_std" /
+    "median_mad" (calibration spreads above the normal level); the scale runs from 0 to
     the 99.9th percentile of the shown maps (at least 3; one hot spot does not wash out the others).
     None: raw maps, spanning the 1st to 99.9th percentile of the shown maps.
     GradCAM maps are scaled per image to their maximum (GradCAM has no absolute unit).
@@ -194,10 +194,14 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
         images: (K, S, S, 3) uint8; masks (K, S, S); patch_maps and gradcam_maps (K, S, S).
     """
     columns = 4 if gradcam_maps is not None else 3
-    if normalization is not None:
+    if normalization == "fused":  # 0 = the top 1 % of normal pixels; most pixels lie below it, so show from the shown maps' median
+        low = float(np.percentile(patch_maps, 50))
+        patch_range = (low, max(low + 1.0, float(np.percentile(patch_maps, 99.9))))
+        patch_label = "log2 of score / 99th pct of normal pixels"
+    elif normalization is not None:
         patch_range = (0.0, max(3.0, float(np.percentile(patch_maps, 99.9))))
-        patch_label = {"log_ratio": "patch score (log2 of score / normal score here)",
-                       "fused": "log2 of score / 99th pct of normal pixels"}.get(normalization, "patch score (normal spreads above normal)")
+        patch_label = ("patch score (log2 of score / normal score here)" if normalization == "log_ratio"
+                       else "patch score (normal spreads above normal)")
     else:
         patch_range = (float(np.percentile(patch_maps, 1)), float(np.percentile(patch_maps, 99.9)))
         patch_label = "patch score (raw Mahalanobis$^2$)"
