@@ -56,6 +56,26 @@ def test_dense_features_embed_each_patch():
     np.testing.assert_allclose(features[1, 1, 2], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_non_finite_bf16_features_are_recomputed_in_float32_and_non_finite_weights_are_named():
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3, head_dims=(8,)).eval()
+    images = np.random.default_rng(1).integers(0, 256, (1, 24, 24, 3), dtype=np.uint8)
+    exact = dense_features(model, images, patch_size=16, stride=4, device="cpu", precision="fp32")
+    embed = model.embed
+
+    def nan_under_autocast(batch, *args):
+        out = embed(batch, *args)
+        return out * float("nan") if torch.is_autocast_cpu_enabled() else out
+
+    model.embed = nan_under_autocast
+    recomputed = dense_features(model, images, patch_size=16, stride=4, device="cpu", precision="bf16")
+    np.testing.assert_allclose(recomputed, exact, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="non-finite"):
+        LocationDensity(per_location=False).fit(np.full((2, 3, 3, 4), np.nan))
+    with pytest.raises(ValueError, match="non-finite"):
+        LocationDensity(per_location=True).fit(np.full((2, 3, 3, 4), np.inf))
+
+
 def _grid_features(count, seed):
     """Location (0, 0) varies along axis 0, every other location along axis 1."""
     rng = np.random.default_rng(seed)

@@ -67,7 +67,12 @@ def dense_features(
         chunks = []
         for chunk in patches.split(batch_size):
             with torch.autocast(device_type=torch_device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                chunks.append(model.embed(chunk.contiguous(memory_format=fmt)).float().cpu())
+                embedded = model.embed(chunk.contiguous(memory_format=fmt)).float()
+            if dtype is not None and not bool(torch.isfinite(embedded).all()):
+                # seen once in a test run at 4 px patches (bf16 on an AMX CPU): recompute the chunk in float32
+                logger.warning("dense features: non-finite values under %s autocast; recomputing %d patches in float32", dtype, len(chunk))
+                embedded = model.embed(chunk.contiguous(memory_format=fmt).float()).float()
+            chunks.append(embedded.cpu())
         outputs.append(torch.cat(chunks).reshape(grid, grid, -1))
     return torch.stack(outputs).numpy()
 
@@ -213,6 +218,8 @@ class LocationDensity:
             return self.fit_shared(features.reshape(-1, dim), grid)
         if count < 2:
             raise ValueError(f"need at least 2 training images to fit a per-location Gaussian, got {count}")
+        if not np.isfinite(features).all():
+            raise ValueError("patch features hold non-finite values: the patch model's weights are not finite (training diverged?)")
         self.grid_ = grid
         locations = grid * grid
         by_location = features.reshape(count, locations, dim)
@@ -260,6 +267,8 @@ class LocationDensity:
         self.grid_ = grid
         if len(vectors) > self.max_fit_vectors:
             vectors = vectors[np.random.default_rng(self.seed).choice(len(vectors), self.max_fit_vectors, replace=False)]
+        if not np.isfinite(vectors).all():
+            raise ValueError("patch features hold non-finite values: the patch model's weights are not finite (training diverged?)")
         self.floor_ = float(self.floor_ratio * self._prepare(vectors).var(0).mean())
         self.shared_ = GaussianDensity(self.shrinkage, self.l2_normalize, covariance_floor=self.floor_).fit(vectors)
         return self
