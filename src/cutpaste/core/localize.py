@@ -532,8 +532,6 @@ class Localizer:
 
     def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0) -> None:
         """Fit the stem density on normal (N, S, S, 3) images (the fit split, as input: no registration)."""
-        if self.norm_statistic not in (None, "log_ratio"):
-            raise ValueError(f"stem fusion reads maps in log2 units: it needs normalize_statistic log_ratio, not '{self.norm_statistic}'")
         self._check_size(fit_images)
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, fit_images, setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
