@@ -102,12 +102,15 @@ def fit_stem_density(network: nn.Module, images: np.ndarray, setup: InferenceSet
     return GaussianDensity(shrinkage=shrinkage, l2_normalize=False).fit(np.concatenate(kept))
 
 
+def stem_score_grids(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64):
+    """Yield the stem density's score at every location, (B, h, w) float64, batch by batch."""
+    for responses in stem_batches(network, images, setup, batch_size):
+        yield density.score_samples(_as_vectors(responses)).reshape(len(responses), *responses.shape[2:])
+
+
 def stem_scores(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64) -> np.ndarray:
     """(N, H, W, 3) uint8 -> (N,) the maximum over locations of the stem density's score."""
-    scores = []
-    for responses in stem_batches(network, images, setup, batch_size):
-        location_scores = density.score_samples(_as_vectors(responses)).reshape(len(responses), -1)
-        scores.append(location_scores.max(1))
+    scores = [grids.reshape(len(grids), -1).max(1) for grids in stem_score_grids(network, density, images, setup, batch_size)]
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
@@ -116,9 +119,8 @@ def stem_maps(network: nn.Module, density: GaussianDensity, images: np.ndarray, 
     location's log score averaged over its 3 x 3 neighbours (the stem's stride is 2 px, its filters
     7 px wide), then resized bilinearly onto the pixels."""
     maps = []
-    for responses in stem_batches(network, images, setup, batch_size):
-        scores = density.score_samples(_as_vectors(responses)).reshape(len(responses), 1, *responses.shape[2:])
-        grid = torch.from_numpy(np.log2(np.maximum(scores, _TINY))).float()
+    for scores in stem_score_grids(network, density, images, setup, batch_size):
+        grid = torch.from_numpy(np.log2(np.maximum(scores, _TINY))).float()[:, None]
         grid = nn.functional.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False)
         maps.append(nn.functional.interpolate(grid, size=tuple(images.shape[1:3]), mode="bilinear", align_corners=False)[:, 0].numpy())
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), dtype=np.float32)
