@@ -29,15 +29,17 @@ def test_default_pipeline_end_to_end_with_mlflow_and_resume(trained_project):
     scores = pd.read_csv(project_copy / "data/07_model_output/brick/scores.csv")
     assert list(scores.columns) == ["path", "defect_type", "label", "score", "score_pooled", "score_stem"] and len(scores) == 14
     image_score = pd.read_pickle(project_copy / "data/06_models/brick/image_score.pkl")
-    assert image_score.method == "fused"  # conf/test runs the fused score (base: pooled)
-    fused = np.exp2(np.maximum(np.log2(scores["score_pooled"]) - image_score.references["pooled"],
-                               np.log2(scores["score_stem"]) - image_score.references["stem"]))
-    np.testing.assert_allclose(scores["score"], fused, rtol=1e-9)
+    assert image_score.method == "zsum"  # the base default
+    zsum = sum((np.log2(scores[f"score_{name}"]) - image_score.log_stats[name][0]) / image_score.log_stats[name][1]
+               for name in ("pooled", "stem"))
+    np.testing.assert_allclose(scores["score"], np.exp2(zsum), rtol=1e-9)
     split = json.loads((project_copy / "data/05_model_input/brick/holdout_split.json").read_text())
     assert sorted(split["fit"] + split["calibration"]) == list(range(12)) and len(split["calibration"]) == 6
     threshold = json.loads((project_copy / "data/06_models/brick/threshold.json").read_text())
     assert threshold["n_images"] == len(split["calibration"]) == len(image_score.calibration_scores)
-    assert threshold["value"] == 1.0  # a fused score: either component at its own bound
+    calibration_sums = np.log2(image_score.calibration_scores)
+    assert abs(calibration_sums.mean()) < 1e-9  # z-scores under the calibration images' own statistics
+    assert threshold["value"] > np.exp2(calibration_sums.max())  # a 99 % prediction bound from 6 images lies above all 6
     checkpoint = torch.load(project_copy / "data/06_models/checkpoints/brick/3way_seed0.pt", weights_only=True)
     assert checkpoint["data"].startswith("(6, ")  # the proxy task trained on the 6 fit images only
     for figure in ("roc", "score_histogram", "training"):

@@ -35,13 +35,13 @@ MAX_IMAGES = 16
 
 
 def _detector() -> tuple[Detector, np.ndarray]:
-    """A detector with the default fused image score (pooled GDE + the stem's local density)."""
+    """A detector with the default zsum image score (pooled GDE + the stem's local density)."""
     torch.manual_seed(0)
     network = CutPasteNet(num_classes=3, head_dims=(16,)).eval()
     images = np.random.default_rng(0).integers(0, 256, (12, SIZE, SIZE, 3), dtype=np.uint8)
     features = extract_features(network, images[:8], 8, "cpu", "fp32")
     gde = GaussianDensity(shrinkage="ledoit_wolf", l2_normalize=False).fit(features)
-    image_score = fit_image_score("fused", network, prepare_for_inference(network, "cpu", "fp32"), images[:8], images[8:], gde, 8, quantile=0.9)
+    image_score = fit_image_score("zsum", network, prepare_for_inference(network, "cpu", "fp32"), images[:8], images[8:], gde, 8, quantile=0.9)
     detector = Detector(
         category="widget", image_size=SIZE, model_config={"backbone": "resnet18", "head_dims": [16]},
         state_dict={k: v.clone() for k, v in network.state_dict().items()}, density=gde,

@@ -116,6 +116,47 @@ def test_each_component_gets_its_own_bound_and_the_bounds_share_the_false_alarm_
     assert pooled.threshold() == fit_threshold(wide, 0.9, "empirical")
 
 
+def test_zsum_adds_the_components_z_scores_of_log_score_under_the_calibration_images():
+    rng = np.random.default_rng(1)
+    calibration = {"pooled": np.exp(rng.normal(3.0, 0.8, 10)), "stem": np.exp(rng.normal(1.0, 0.05, 10))}
+    score = ImageScore("zsum", quantile=0.98, stem=GaussianDensity()).calibrate(calibration)
+    for name, values in calibration.items():
+        logs = np.log2(values)
+        assert score.log_stats[name] == pytest.approx([logs.mean(), logs.std(ddof=1)])
+    test = {"pooled": np.array([5.0, 80.0]), "stem": np.array([2.0, 2.0])}
+    expected = sum((np.log2(test[name]) - score.log_stats[name][0]) / score.log_stats[name][1] for name in test)
+    np.testing.assert_allclose(np.log2(score.combine(test)), expected)
+    np.testing.assert_allclose(score.calibration_scores, score.combine(calibration))
+    assert abs(np.log2(score.calibration_scores).mean()) < 1e-9
+    # the threshold is the ordinary log-normal bound on the calibration images' combined scores
+    threshold = score.threshold()
+    assert threshold == fit_threshold(np.asarray(score.calibration_scores), 0.98, "lognormal")
+    assert threshold.value > max(score.calibration_scores)
+    # a component far off its normal level (a z of thousands) stays finite, and above the threshold
+    extreme = score.combine({"pooled": np.array([20.0]), "stem": np.array([1e300])})
+    assert np.isfinite(extreme).all() and extreme[0] > threshold.value
+    with pytest.raises(ValueError, match="not calibrated"):
+        ImageScore("zsum", stem=GaussianDensity()).combine(test)
+    with pytest.raises(ValueError, match="stem scores do not vary"):
+        ImageScore("zsum", stem=GaussianDensity()).calibrate({"pooled": calibration["pooled"], "stem": np.full(10, 4.0)})
+
+
+@pytest.mark.parametrize(("count", "most"), [(10, 0.02), (40, 0.013)])
+def test_zsum_threshold_holds_its_false_alarm_rate_over_calibration_draws(count, most):
+    """Over many draws of the calibration images, new normal images exceed the q = 0.99 threshold
+    near the nominal 1 % on average: a little above it with few calibration images (the statistics
+    are fitted on the images the bound is fitted on), closer with more."""
+    rng = np.random.default_rng(count)
+    rates = []
+    for _ in range(300):
+        def draw(size):
+            shared = rng.normal(size=size)
+            return {"pooled": np.exp(3.0 + 0.8 * shared), "stem": np.exp(1.0 + 0.05 * (0.5 * shared + 0.87 * rng.normal(size=size)))}
+        score = ImageScore("zsum", quantile=0.99, stem=GaussianDensity()).calibrate(draw(count))
+        rates.append((score.combine(draw(1000)) > score.threshold().value).mean())
+    assert 0.005 < np.mean(rates) <= most
+
+
 def test_fit_image_score_calibrates_on_the_calibration_images_only():
     network, setup = _network()
     fit_images, calibration = _grey_textures(10, 6), _grey_textures(6, 7)
@@ -126,6 +167,11 @@ def test_fit_image_score_calibrates_on_the_calibration_images_only():
     assert score.references == pytest.approx(expected.references)
     np.testing.assert_allclose(score.calibration_scores, expected.calibration_scores)
     assert len(score.calibration_scores) == 6
+    summed = fit_image_score("zsum", network, setup, fit_images, calibration, pooled, quantile=0.95)
+    expected_stats = ImageScore("zsum", quantile=0.95, stem=summed.stem).calibrate(components).log_stats
+    for name in ("pooled", "stem"):
+        assert summed.log_stats[name] == pytest.approx(expected_stats[name])
+    np.testing.assert_allclose(summed.stem.mean_, score.stem.mean_)  # the same stem density, fitted on the fit images
     plain = fit_image_score("pooled", network, setup, fit_images, calibration, pooled)
     assert plain.stem is None and plain.references == {}
     np.testing.assert_allclose(plain.calibration_scores, pooled.score_samples(embed_images(network, calibration, setup)))
@@ -159,3 +205,18 @@ def test_detector_with_a_fused_score_round_trips_and_old_folders_load_as_pooled(
     old = Detector.load(folder)
     assert old.image_score.method == "pooled"
     np.testing.assert_allclose(old.score_arrays(images), pooled.score_samples(embed_images(network, images, setup)), rtol=1e-6)
+
+
+def test_detector_with_a_zsum_score_round_trips(tmp_path):
+    network, setup = _network()
+    fit_images, calibration = _grey_textures(10, 8), _grey_textures(6, 9)
+    pooled = GaussianDensity(l2_normalize=False).fit(embed_images(network, fit_images, setup))
+    score = fit_image_score("zsum", network, setup, fit_images, calibration, pooled)
+    detector = Detector(category="widget", image_size=SIZE, model_config={"backbone": "resnet18", "head_dims": [16]},
+                        state_dict=network.state_dict(), density=pooled, threshold=score.threshold(),
+                        feature_batch_size=4, precision="fp32", device="cpu", image_score=score)
+    images = np.concatenate([_grey_textures(3, 10), _with_colour_square(_grey_textures(3, 11))])
+    loaded = Detector.load(detector.save(tmp_path / "det"))
+    np.testing.assert_array_equal(loaded.score_arrays(images), detector.score_arrays(images))
+    assert loaded.image_score.method == "zsum" and loaded.image_score.log_stats == score.log_stats
+    assert loaded.threshold == detector.threshold

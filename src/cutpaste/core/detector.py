@@ -136,7 +136,7 @@ class Detector:
         arrays = np.stack([to_rgb_array(image, self.image_size) for image in images])
         return self.decide(self.score_arrays(arrays))
 
-    # --- persistence: a folder with model.pt (state dict), density.npz, image_score.npz (fused only) and
+    # --- persistence: a folder with model.pt (state dict), density.npz, image_score.npz (with a stem density) and
     # detector.json; no pickle
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

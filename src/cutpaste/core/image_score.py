@@ -20,6 +20,18 @@ network's first convolution (the "stem").
   component whose normal scores barely vary from censoring the other's spread (centred log scores
   fused by a maximum flagged 4 of 16 normal test images of a held-in set whose pooled scores alone
   flagged none).
+- ``zsum`` (Stouffer's sum): each component's log score as a z-score under the calibration images
+  (``(log2 score - mean) / standard deviation`` of the calibration images' log2 scores), summed over
+  the two components; the image score is ``2 ** sum``, so it stays positive and the decision threshold
+  is the ordinary one fitted on the calibration images' scores (log-normal: a normal prediction bound
+  on the sums). The calibration images are scored with the statistics they fitted, so their sums
+  spread a little less than a new image's: at q = 0.99 the bound flags about 1.5 % of new normal
+  images with 10 calibration images and 1.1 % with 40 (simulated in the tests). Scoring each
+  calibration image leave-one-out instead flagged 0.6 % in simulation, but on real data one odd
+  calibration image inflated the bound so far that it caught 0 to 23 % of a held-in set's defects
+  where the in-sample bound caught 92 to 100 % (README). A component with a real signal adds to the other instead of competing with it in a
+  maximum. Held-in real data, two seeds: mean image AUROC 85.1 (pooled) -> 85.7, threshold FPR at
+  most 4.5 % on every set (README, "The image score").
 """
 
 from __future__ import annotations
@@ -34,7 +46,9 @@ from cutpaste.core.density import GaussianDensity
 from cutpaste.core.threshold import Threshold, fit_threshold
 from cutpaste.core.train import InferenceSetup, embed_images, images_to_tensor
 
-IMAGE_SCORE_METHODS = ("pooled", "fused")
+IMAGE_SCORE_METHODS = ("pooled", "fused", "zsum")
+STEM_METHODS = ("fused", "zsum")  # the methods that read the stem
+_MAX_LOG2_SCORE = 1000.0  # a z-sum above it (2 ** 1000 ~ 1e301) is clipped there: far past any threshold, and finite
 COMPONENTS = ("pooled", "stem")
 _TINY = 1e-300  # a score of exactly 0 stays finite in log2
 
@@ -131,11 +145,13 @@ class ImageScore:
     """How an image's anomaly score is formed (see the module docstring).
 
     Attributes:
-        method: "pooled" or "fused".
+        method: "pooled", "fused" or "zsum".
         quantile, threshold_method: the decision threshold's calibration quantile and method
             (:func:`~cutpaste.core.threshold.fit_threshold`).
-        stem: the stem density ("fused" only).
+        stem: the stem density ("fused" and "zsum").
         references: log2 of each component's own threshold ("fused" only).
+        log_stats: each component's [mean, standard deviation] of the calibration images' log2 scores
+            ("zsum" only).
         calibration_scores: the image scores of the calibration images.
     """
 
@@ -144,6 +160,7 @@ class ImageScore:
     threshold_method: str = "lognormal"
     stem: GaussianDensity | None = None
     references: dict[str, float] = field(default_factory=dict)
+    log_stats: dict[str, list[float]] = field(default_factory=dict)
     calibration_scores: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -153,17 +170,24 @@ class ImageScore:
                    batch_size: int = 64) -> dict[str, np.ndarray]:
         """Per-component raw scores of (N, H, W, 3) uint8 images: {"pooled": (N,), ["stem": (N,)]}."""
         scores = {"pooled": pooled.score_samples(embed_images(network, images, setup, batch_size))}
-        if self.method == "fused":
+        if self.method in STEM_METHODS:
             if self.stem is None:
-                raise ValueError("a fused image score needs its stem density (fit it with fit_image_score)")
+                raise ValueError(f"a {self.method} image score needs its stem density (fit it with fit_image_score)")
             scores["stem"] = stem_scores(network, self.stem, images, setup, batch_size)
         return scores
 
     def combine(self, components: dict[str, np.ndarray]) -> np.ndarray:
-        """The image score from :meth:`components`: the pooled score itself, or the fused score (the
-        larger of the components' ratios to their own thresholds)."""
+        """The image score from :meth:`components`: the pooled score itself, the fused score (the
+        larger of the components' ratios to their own thresholds) or 2 ** the components' z-sum."""
         if self.method == "pooled":
             return np.asarray(components["pooled"], dtype=np.float64)
+        if self.method == "zsum":
+            missing = [name for name in COMPONENTS if name not in self.log_stats]
+            if missing:
+                raise ValueError(f"the zsum image score is not calibrated (no log-score statistics for {missing})")
+            total = sum((np.log2(np.maximum(np.asarray(components[name], dtype=np.float64), _TINY)) - self.log_stats[name][0])
+                        / self.log_stats[name][1] for name in COMPONENTS)
+            return np.exp2(np.clip(total, -_MAX_LOG2_SCORE, _MAX_LOG2_SCORE))
         missing = [name for name in COMPONENTS if name not in self.references]
         if missing:
             raise ValueError(f"the fused image score is not calibrated (no reference for {missing})")
@@ -177,27 +201,36 @@ class ImageScore:
         return self.combine(self.components(network, setup, images, pooled, batch_size))
 
     def calibrate(self, calibration_components: dict[str, np.ndarray]) -> ImageScore:
-        """Set each fused component's own threshold (at ``1 - (1 - quantile) / 2``) and the stored
-        calibration scores from the calibration images' :meth:`components`; returns self."""
+        """Set each fused component's own threshold (at ``1 - (1 - quantile) / 2``), each zsum component's
+        log-score statistics, and the stored calibration scores from the calibration images'
+        :meth:`components`; returns self.
+
+        Raises:
+            ValueError: (zsum) a component whose calibration scores do not vary: it has no spread to
+                measure z-scores in.
+        """
         if self.method == "fused":
             component_quantile = 1.0 - (1.0 - self.quantile) / len(COMPONENTS)
             self.references = {name: float(np.log2(fit_threshold(calibration_components[name], component_quantile, self.threshold_method).value))
                                for name in COMPONENTS}
+        if self.method == "zsum":
+            self.log_stats = {name: _log_stats(calibration_components[name], name) for name in COMPONENTS}
         self.calibration_scores = [float(value) for value in self.combine(calibration_components)]
         return self
 
     def threshold(self) -> Threshold:
-        """The decision threshold: for ``pooled`` fitted on the calibration scores; for ``fused`` 1 by
-        construction (a component at its own bound)."""
+        """The decision threshold: for ``pooled`` and ``zsum`` fitted on the calibration scores; for
+        ``fused`` 1 by construction (a component at its own bound)."""
         scores = np.asarray(self.calibration_scores, dtype=np.float64)
-        if self.method == "pooled":
+        if self.method != "fused":
             return fit_threshold(scores, self.quantile, self.threshold_method)
         return Threshold(1.0, self.quantile, float(scores.mean()), float(scores.std() or 1.0), len(scores), self.threshold_method)
 
     # --- persistence: settings (JSON) and arrays (npz), no pickle
     def settings(self) -> dict:
         settings = {"method": self.method, "quantile": self.quantile, "threshold_method": self.threshold_method,
-                    "references": dict(self.references), "calibration_scores": list(self.calibration_scores)}
+                    "references": dict(self.references), "log_stats": {name: list(values) for name, values in self.log_stats.items()},
+                    "calibration_scores": list(self.calibration_scores)}
         if self.stem is not None:
             settings["stem"] = self.stem.settings()
         return settings
@@ -216,7 +249,18 @@ class ImageScore:
         return cls(method=settings["method"], quantile=float(settings.get("quantile", 0.99)),
                    threshold_method=settings.get("threshold_method", "lognormal"), stem=stem,
                    references={key: float(value) for key, value in settings.get("references", {}).items()},
+                   log_stats={key: [float(v) for v in value] for key, value in settings.get("log_stats", {}).items()},
                    calibration_scores=[float(value) for value in settings.get("calibration_scores", [])])
+
+
+def _log_stats(scores: np.ndarray, name: str) -> list[float]:
+    """[mean, standard deviation] of the log2 of one component's calibration scores (zsum)."""
+    logs = np.log2(np.maximum(np.asarray(scores, dtype=np.float64), _TINY))
+    spread = float(logs.std(ddof=1)) if len(logs) > 1 else 0.0
+    if not spread > 0:
+        raise ValueError(f"zsum image score: the {len(logs)} calibration images' {name} scores do not vary; "
+                         "use image_score.method=pooled or fused, or more calibration images")
+    return [float(logs.mean()), spread]
 
 
 def fit_image_score(method: str, network: nn.Module, setup: InferenceSetup, fit_images: np.ndarray, calibration_images: np.ndarray,
@@ -225,13 +269,14 @@ def fit_image_score(method: str, network: nn.Module, setup: InferenceSetup, fit_
     """Fit the image score from normal images only.
 
     The stem density is fitted on ``fit_images`` (the images the network and the pooled GDE were
-    fitted on); each component's own threshold (``fused``) and the stored calibration scores come
+    fitted on); each component's own threshold (``fused``) or log-score statistics (``zsum``) and the
+    stored calibration scores come
     from ``calibration_images``, which none of them has seen.
     """
     check_method(method)
     if len(calibration_images) < 2:
         raise ValueError(f"the image score needs at least 2 calibration images, got {len(calibration_images)}")
     score = ImageScore(method, float(quantile), threshold_method)
-    if method == "fused":
+    if method in STEM_METHODS:
         score.stem = fit_stem_density(network, fit_images, setup, batch_size, max_stem_vectors, seed, shrinkage)
     return score.calibrate(score.components(network, setup, calibration_images, pooled, batch_size))

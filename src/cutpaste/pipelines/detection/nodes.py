@@ -133,9 +133,9 @@ def prepared_model(state_dict: dict, model: dict, training: dict) -> tuple[CutPa
 def fit_image_score(state_dict: dict, gde: GaussianDensity, dataset: dict, split: dict, model: dict, training: dict, features: dict,
                     image_score: dict, threshold: dict) -> ImageScore:
     """How images are scored (``image_score.method``: ``pooled``, the paper's GDE of pooled features, or
-    ``fused`` with the stem's local density; see :mod:`cutpaste.core.image_score`), fitted on the
-    ``fit`` split; each fused component's own threshold and the calibration images' scores come from
-    the held-out ``calibration`` split."""
+    that GDE combined with the stem's local density, ``zsum`` or ``fused``; see
+    :mod:`cutpaste.core.image_score`), fitted on the ``fit`` split; the components' calibration
+    statistics and the calibration images' scores come from the held-out ``calibration`` split."""
     network, setup = prepared_model(state_dict, model, training)
     images = dataset["train_images"]
     stem = image_score.get("stem") or {}
@@ -143,15 +143,16 @@ def fit_image_score(state_dict: dict, gde: GaussianDensity, dataset: dict, split
                                  batch_size=int(features["batch_size"]), max_stem_vectors=int(stem.get("max_vectors", 100_000)),
                                  seed=int(stem.get("seed", 0)), shrinkage=gde.shrinkage, quantile=float(threshold["quantile"]),
                                  threshold_method=threshold.get("method", "lognormal"))
-    logger.info("%s: image score '%s' (log2 of the component thresholds: %s)", dataset["category"], score.method,
-                {name: round(value, 2) for name, value in score.references.items()} or "-")
+    logger.info("%s: image score '%s' (log2 of the component thresholds: %s; log2-score mean and spread: %s)", dataset["category"],
+                score.method, {name: round(value, 2) for name, value in score.references.items()} or "-",
+                {name: [round(value, 2) for value in values] for name, values in score.log_stats.items()} or "-")
     return score
 
 
 def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, index: pd.DataFrame, model: dict, training: dict, features: dict,
                       image_score: ImageScore | None = None) -> pd.DataFrame:
     """One row per test image: path, defect_type, label, score (higher = more anomalous), and with a
-    fused image score each component's raw score (``score_pooled``, ``score_stem``)."""
+    combined image score (zsum, fused) each component's raw score (``score_pooled``, ``score_stem``)."""
     image_score = image_score or ImageScore()
     network, setup = prepared_model(state_dict, model, training)
     components = image_score.components(network, setup, dataset["test_images"], gde, int(features["batch_size"]))
@@ -165,7 +166,7 @@ def score_test_images(state_dict: dict, gde: GaussianDensity, dataset: dict, ind
 
 def calibrate_threshold(image_score: ImageScore) -> dict:
     """Decision threshold from normal images only, the held-out calibration images, which neither the
-    network nor the densities have seen: a quantile of their pooled scores, or for a fused score 1
+    network nor the densities have seen: a quantile of their (pooled or zsum) scores, or for a fused score 1
     (either component at its own bound; :meth:`~cutpaste.core.image_score.ImageScore.threshold`)."""
     return dataclasses.asdict(image_score.threshold())
 
