@@ -287,3 +287,65 @@ def test_synthetic_aligned_object_is_localized_by_a_per_location_density():
     maps = localizer.score_maps(data["test_images"])
     assert pixel_auroc(data["test_masks"], maps) > 0.8
     assert image_auroc(data["test_labels"], maps.reshape(len(maps), -1).max(1)) > 0.9
+
+
+def _stem_localizer(images: np.ndarray, per_location: bool, registration=None):
+    localizer = _tiny_localizer(True, images)
+    if registration is not None:
+        localizer.registration = registration.fit(images)
+    localizer.fit_stem(images, max_vectors=10**6, seed=0, per_location=per_location)
+    return localizer
+
+
+def test_per_location_stem_maps_read_each_pixel_against_its_calibration_level(tmp_path):
+    """A fixed object: its rim, ring and highlight are rare among all locations (the shared stem map
+    lights them on every good image) but normal where they always are; per location they read ~0,
+    and a defect still stands out. The level comes from the calibration images alone."""
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import Localizer
+    from cutpaste.core.metrics import pixel_auroc
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=6, n_test_defect=10, jitter_px=0)
+    fit, calibration = data["train_images"][:16], data["train_images"][16:]
+    shared, local = _stem_localizer(fit, False), _stem_localizer(fit, True)
+    with pytest.raises(ValueError, match="calibrate the localizer"):
+        local.stem_maps(data["test_images"])
+    shared.calibrate(calibration)
+    local.calibrate(calibration)
+    raw = shared.stem_maps(calibration)
+    np.testing.assert_allclose(local.stem_center, raw.mean(0), rtol=1e-5, atol=1e-5)
+    normal = local.stem_maps(data["test_images"][:6])
+    assert np.abs(normal).max() < np.ptp(shared.stem_maps(data["test_images"][:6]).mean(0))  # flat where the object always is
+    assert pixel_auroc(data["test_masks"], local.stem_maps(data["test_images"])) > 0.9
+    local.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.stem_per_location and not shared.stem_per_location
+    np.testing.assert_array_equal(loaded.stem_center, local.stem_center)
+    np.testing.assert_allclose(loaded.score_maps(data["test_images"]), local.score_maps(data["test_images"]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="K >= 2"):
+        local.set_stem_center(raw[:1])
+
+
+def test_per_location_stem_maps_follow_a_registered_part_and_ignore_filled_in_pixels():
+    """A part that turns: the stem level is set in the reference pose, each map is warped back onto its
+    input image, and pixels filled in from outside the photo neither set a level nor read one."""
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.register import RigidRegistration, warp
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=4, n_test_defect=0, jitter_px=0)
+    rng = np.random.default_rng(0)
+    turns = np.stack([[angle, 0.0, 0.0] for angle in rng.uniform(-25, 25, len(data["train_images"]))])
+    turned = warp(data["train_images"], turns)
+    local = _stem_localizer(turned[:16], True, RigidRegistration(max_rotation_deg=30, rotation_step_deg=2, work_size=32))
+    local.calibrate(turned[16:])
+    test_turns = np.array([[20.0, 0, 0], [-20.0, 0, 0], [10.0, 0, 0], [0.0, 0, 0]])
+    maps = local.stem_maps(warp(data["test_images"], test_turns))
+    _, transforms = local.register(turned[16:])
+    assert np.isfinite(local.stem_center).all()
+    inner = np.zeros((32, 32), dtype=bool)
+    inner[6:26, 6:26] = True
+    assert np.abs(maps[:, inner]).max() < 1.5  # good parts, whatever their turn, read near their normal level
+    fixed = _stem_localizer(turned[:16], True)  # without registration the turned rim lands off its level
+    fixed.calibrate(turned[16:])
+    assert np.abs(fixed.stem_maps(warp(data["test_images"], test_turns))[:, inner]).max() > np.abs(maps[:, inner]).max()
+    assert transforms is not None

@@ -439,7 +439,10 @@ class Localizer:
     convolution responses (:func:`cutpaste.core.image_score.fit_stem_density`) gives a second map at
     the stem's 2 px stride; each map is read in log2 units above the 99th percentile of its own
     calibration pixels, and the fused map is the larger of the two at every pixel. The stem density is
-    shared by all locations, so it needs no registration.
+    shared by all locations, so it needs no registration. For aligned objects (``per_location`` in
+    :meth:`fit_stem`) the stem map is read per pixel too: log2 of the stem score minus the calibration
+    images' mean log2 stem score at that pixel (in the reference pose when the localizer registers), so
+    an edge, a highlight or a background corner that every good part shows at the same place reads 0.
 
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
@@ -448,13 +451,15 @@ class Localizer:
                  patch_size: int, stride: int, sigma: float, embed_args: dict,
                  norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
                  registration: RigidRegistration | None = None, stem: GaussianDensity | None = None,
-                 fusion_references: dict[str, float] | None = None) -> None:
+                 fusion_references: dict[str, float] | None = None, stem_per_location: bool = False,
+                 stem_center: np.ndarray | None = None) -> None:
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
         self.norm_center, self.norm_scale, self.norm_statistic = norm_center, norm_scale, norm_statistic
         self.registration = registration
         self.stem, self.fusion_references = stem, dict(fusion_references or {})
+        self.stem_per_location, self.stem_center = bool(stem_per_location), stem_center
 
     @property
     def normalized(self) -> bool:
@@ -518,6 +523,8 @@ class Localizer:
         grids = self.score_grids(images, progress=progress, registered=True)
         self.set_normalization(grids, statistic, transforms)
         if self.stem is not None:
+            if self.stem_per_location:
+                self.set_stem_center(*self._reference_stem_maps(calibration_images))
             self.set_fusion_references(self.maps_from_grids(grids, normalized=True, transforms=transforms), self.stem_maps(calibration_images))
         return grids
 
@@ -530,21 +537,62 @@ class Localizer:
         return network, prepare_for_inference(network, self.embed_args.get("device", "auto"), self.embed_args.get("precision", "auto"),
                                               self.embed_args.get("memory_format", "auto"))
 
-    def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0) -> None:
-        """Fit the stem density on normal (N, S, S, 3) images (the fit split, as input: no registration)."""
+    def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0, per_location: bool = False) -> None:
+        """Fit the stem density on normal (N, S, S, 3) images (the fit split, as input: no registration).
+        ``per_location``: read the stem map against each pixel's normal level (set by :meth:`calibrate`)."""
         self._check_size(fit_images)
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, fit_images, setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
         self.fusion_references = {}
+        self.stem_per_location, self.stem_center = bool(per_location), None
+
+    def _reference_stem_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, S, S) log2 stem scores in the reference pose (the input pose without registration) and the
+        images' transforms (None without registration)."""
+        if self.stem is None:
+            raise ValueError("this localizer has no stem density (fit_stem)")
+        registered, transforms = self.register(images)
+        network, setup = self._stem_network()
+        return stem_score_maps(network, self.stem, registered, setup, STEM_BATCH_IMAGES), transforms
+
+    def _outside_pixels(self, transforms: np.ndarray) -> np.ndarray:
+        """(N, S, S) True where a registered image's stem filter (7 px) reaches outside the input photo."""
+        inside = torch.from_numpy(warp(np.ones((len(transforms), self.image_size, self.image_size), dtype=np.float32), transforms, fill=0.0))
+        reach = nn.functional.avg_pool2d(inside[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
+        return reach.numpy() < COVERAGE_MIN
+
+    def set_stem_center(self, calibration_stem_maps: np.ndarray, transforms: np.ndarray | None = None) -> None:
+        """Each pixel's normal stem level: the mean log2 stem score of the calibration images there (in the
+        reference pose; a pixel outside a registered photo does not count, and one outside all of them
+        takes the median level)."""
+        maps = np.asarray(calibration_stem_maps, dtype=np.float64)
+        if maps.ndim != 3 or len(maps) < 2:
+            raise ValueError(f"need (K >= 2, S, S) calibration stem maps, got shape {maps.shape}")
+        if transforms is not None:
+            maps = np.where(self._outside_pixels(transforms), np.nan, maps)
+        counted = np.isfinite(maps).any(0)
+        center = np.nanmean(np.where(counted, maps, 0.0), 0)
+        self.stem_center = np.where(counted, center, np.median(center[counted]) if counted.any() else 0.0).astype(np.float32)
 
     def stem_maps(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`)."""
+        """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`);
+        per location, minus each pixel's normal level (computed in the reference pose, warped back
+        onto the input images; pixels whose stem filter reaches outside the photo read 0)."""
         if self.stem is None:
             raise ValueError("this localizer has no stem density (fit_stem)")
         self._check_size(images)
-        network, setup = self._stem_network()
-        return stem_score_maps(network, self.stem, images, setup, STEM_BATCH_IMAGES)
+        if not self.stem_per_location:
+            network, setup = self._stem_network()
+            return stem_score_maps(network, self.stem, images, setup, STEM_BATCH_IMAGES)
+        if self.stem_center is None:
+            raise ValueError("per-location stem maps need each pixel's normal level (calibrate the localizer)")
+        maps, transforms = self._reference_stem_maps(images)
+        maps = maps - self.stem_center
+        if transforms is not None:
+            maps[self._outside_pixels(transforms)] = 0.0
+            maps = warp(maps, transforms, inverse=True)
+        return maps.astype(np.float32)
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
         """Each component's reference: the 99th percentile of its normal calibration pixels (log2 units)."""
@@ -613,12 +661,15 @@ class Localizer:
             arrays.update(registration_reference=self.registration.reference)
         if self.stem is not None:
             arrays.update({f"stem_{key}": value for key, value in self.stem.to_arrays().items()})
+        if self.stem_center is not None:
+            arrays.update(stem_center=self.stem_center)
         np.savez(folder / "density.npz", **arrays)
         meta = {"model_config": self.model_config, "image_size": self.image_size, "patch_size": self.patch_size,
                 "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": self.density.grid_,
                 "density": self.density.settings(), "normalization": self.norm_statistic,
                 "registration": None if self.registration is None else self.registration.settings(),
-                "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references}
+                "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
+                "stem_per_location": self.stem_per_location}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -643,10 +694,11 @@ class Localizer:
             registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"])
         stem = None
         if meta.get("stem"):
-            stem_arrays = {key[len("stem_"):]: value for key, value in arrays.items() if key.startswith("stem_")}
+            stem_arrays = {key[len("stem_"):]: value for key, value in arrays.items() if key.startswith("stem_") and key != "stem_center"}
             if not stem_arrays:
                 raise ValueError(f"{folder / 'density.npz'}: localizer.json has a stem density but its stem_* arrays are missing")
             stem = GaussianDensity.from_arrays(meta["stem"], stem_arrays)
         state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
         return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
-                   meta["embed_args"], **normalization, registration=registration, stem=stem, fusion_references=meta.get("fusion_references"))
+                   meta["embed_args"], **normalization, registration=registration, stem=stem, fusion_references=meta.get("fusion_references"),
+                   stem_per_location=bool(meta.get("stem_per_location", False)), stem_center=arrays.get("stem_center"))
