@@ -3,12 +3,12 @@
 For each category of an MVTec-layout root and each wall-time budget, trains a fresh image-level
 model (the project's settings from ``conf/<env>``, overridable with ``--set``) for as many steps as
 the budget allows on this machine (the step time is measured first with a few warm-up steps), then
-fits the GDE and the image score (``image_score.method``: the pooled GDE, or fused with the stem's local
-density) on the fit split, calibrates the threshold on the held-out normal training images and
+fits the GDE and the image score (``image_score.method``: the pooled GDE, or zsum / fused with the
+stem's local density) on the fit split, calibrates the threshold on the held-out normal training images and
 scores the test images. A budget gets its own run with its own cosine schedule, as a user who sets
 ``training.steps`` would get.
 
-Writes ``<out>/budget.csv`` (one row per category and budget: steps, wall time, image AUROC (and, for a fused score, the
+Writes ``<out>/budget.csv`` (one row per category and budget: steps, wall time, image AUROC (and, for a zsum or fused score, the
 AUROC of each component: ``pooled_auroc``, ``stem_auroc``),
 GradCAM pixel AUROC, held-out proxy-task accuracy, the threshold's false- and true-positive rates)
 and ``<out>/budget.png`` (image AUROC against training wall time, one line per category).
@@ -151,8 +151,8 @@ def threshold_rates(calibration_scores: np.ndarray, scores: np.ndarray, labels: 
 
 def image_score_rates(image_score: ImageScore, calibration_components: dict, test_components: dict, labels: np.ndarray,
                       extra_quantiles: list[float] = ()) -> dict:
-    """The image score's threshold rates at its own quantile and at ``extra_quantiles`` (a fused
-    score's component thresholds are refitted from the same calibration images at each quantile)."""
+    """The image score's threshold rates at its own quantile and at ``extra_quantiles`` (a combined
+    score's calibration statistics are refitted from the same calibration images at each quantile)."""
     rows = {}
     for quantile in [image_score.quantile, *extra_quantiles]:
         at = dataclasses.replace(image_score, quantile=float(quantile)).calibrate(calibration_components)
