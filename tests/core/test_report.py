@@ -62,3 +62,18 @@ def test_localization_figure_gives_every_heatmap_a_colour_bar():
     assert [axis.get_title() for axis in fused.axes].count("patch + stem (fused)") == 2
     raw = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), None, ["a", "b"], "t", normalization=None)
     assert [axis.get_ylabel() for axis in raw.axes if axis.get_ylabel()].count("patch score (raw Mahalanobis$^2$)") == 2
+
+
+def test_score_histogram_spreads_scores_that_differ_by_factors_on_a_log_axis():
+    import pandas as pd
+
+    from cutpaste.core.report import score_histogram
+
+    scores = pd.DataFrame({"label": [0] * 4 + [1] * 4, "score": [0.5, 1.0, 1.2, 2.0, 3.0, 200.0, 2e4, 1e9]})
+    figure = score_histogram(scores, "widget", threshold=2.5)
+    axis = figure.axes[0]
+    assert axis.get_xscale() == "log" and axis.get_xlabel() == "anomaly score (log scale)"
+    counts = [patch.get_height() for patch in axis.patches]
+    assert sum(counts) == 8 and max(counts) < 4  # not all piled into the first bin, as on a linear axis
+    centred = score_histogram(pd.DataFrame({"label": [0, 1], "score": [-1.0, 3.0]}), "widget", threshold=0.5)
+    assert centred.axes[0].get_xscale() == "linear"

@@ -107,14 +107,23 @@ def roc_figure(labels: np.ndarray, scores: np.ndarray, title: str) -> plt.Figure
 
 def score_histogram(scores: pd.DataFrame, title: str, threshold: float | None = None) -> plt.Figure:
     """Histogram of anomaly scores, normal vs defective (columns label, score), with the decision
-    threshold (fitted on normal training images) as a vertical line."""
+    threshold (fitted on normal training images) as a vertical line. Every image score is positive
+    and spreads by factors (Mahalanobis distances, 2 ** a z-sum, ratios to a bound), so the axis is
+    logarithmic when all scores are positive."""
     figure, axis = plt.subplots(figsize=(6, 4))
-    bins = np.histogram_bin_edges(scores["score"], bins=30)
+    values = scores["score"].to_numpy(dtype=np.float64)
+    positive = len(values) > 0 and bool((values > 0).all()) and (threshold is None or threshold > 0)
+    if positive:
+        low, high = min(values.min(), threshold or values.min()), max(values.max(), threshold or values.max())
+        bins = np.geomspace(low, high * 1.0001 if high > low else low * 2, 31)
+        axis.set_xscale("log", base=2)
+    else:
+        bins = np.histogram_bin_edges(values, bins=30)
     axis.hist(scores.loc[scores["label"] == 0, "score"], bins=bins, alpha=0.6, label="good", color="tab:green")
     axis.hist(scores.loc[scores["label"] == 1, "score"], bins=bins, alpha=0.6, label="defective", color="tab:red")
     if threshold is not None:
         axis.axvline(threshold, color="black", ls="--", lw=1, label="threshold (train normals)")
-    axis.set(xlabel="anomaly score (Mahalanobis)", ylabel="test images", title=title)
+    axis.set(xlabel="anomaly score (log scale)" if positive else "anomaly score", ylabel="test images", title=title)
     axis.legend()
     figure.tight_layout()
     return figure
