@@ -20,6 +20,8 @@ from pathlib import Path
 from cutpaste.processes import free_port, stop_process_group, wait_until_answers
 
 BIN_DIR = Path(sys.executable).parent
+FINAL_STATES = ("success", "failed")  # a DAG run's terminal states
+EXIT_GRACE_S = 60.0  # how long `airflow dags test` may take to exit once its DAG run has ended
 
 
 def airflow_environment(project_path: Path, dags_folder: Path, airflow_home: Path, port: int, parallelism: int) -> dict[str, str]:
@@ -56,10 +58,58 @@ def run_dag(dag_id: str, project_path: Path, dags_folder: Path | None = None, ai
     try:
         if wait_until_answers(server, f"http://127.0.0.1:{port}/execution/health", timeout_s=120) is None:
             raise RuntimeError(f"the Airflow task API did not start; see {Path(airflow_home) / 'api-server.log'}")
-        return subprocess.run([str(BIN_DIR / "airflow"), "dags", "test", dag_id, "--use-executor"], env=env, cwd=project_path,
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
+        return _dags_test(dag_id, project_path, env, Path(airflow_home) / "airflow.db", timeout_s)
     finally:
         stop_process_group(server)
+
+
+def latest_run_state(database: Path, dag_id: str) -> str | None:
+    """The state of ``dag_id``'s latest DAG run in the SQLite metadata database (None before the first)."""
+    import sqlite3
+
+    if not database.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+            row = connection.execute("SELECT state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
+    except sqlite3.Error:  # locked or not migrated yet: ask again later
+        return None
+    return None if row is None else str(row[0])
+
+
+def _dags_test(dag_id: str, project_path: Path, env: dict[str, str], database: Path, timeout_s: float,
+               exit_grace_s: float = EXIT_GRACE_S) -> subprocess.CompletedProcess:
+    """``airflow dags test --use-executor``, watched: its result when it exits. Now and then it does
+    not exit after the DAG run has finished (its LocalExecutor worker stays up, idle); once the run is
+    in a final state for ``exit_grace_s`` the process group is stopped and the run's state decides the
+    return code. ``subprocess.TimeoutExpired`` after ``timeout_s`` otherwise."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen([str(BIN_DIR / "airflow"), "dags", "test", dag_id, "--use-executor"], env=env, cwd=project_path,
+                                   stdout=stdout, stderr=stderr, text=True, start_new_session=True)
+        started, finished_at, state = time.monotonic(), None, None
+        try:
+            while process.poll() is None:
+                if time.monotonic() - started > timeout_s:
+                    raise subprocess.TimeoutExpired(process.args, timeout_s)
+                state = latest_run_state(database, dag_id)
+                if state in FINAL_STATES:
+                    finished_at = finished_at or time.monotonic()
+                    if time.monotonic() - finished_at > exit_grace_s:
+                        break
+                time.sleep(1.0)
+        finally:
+            hung = process.poll() is None
+            if hung:
+                stop_process_group(process, timeout_s=10)
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
+    if hung:
+        err += f"\nairflow dags test had not exited {exit_grace_s:.0f} s after the DAG run ended ({state}); its processes were stopped\n"
+        return subprocess.CompletedProcess(process.args, 0 if state == "success" else 1, out, err)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def main(argv: list[str] | None = None) -> int:
