@@ -179,15 +179,22 @@ def test_fit_image_score_calibrates_on_the_calibration_images_only():
         fit_image_score("fused", network, setup, fit_images, calibration[:1], pooled)
 
 
-def test_detector_with_a_fused_score_round_trips_and_old_folders_load_as_pooled(tmp_path):
+def _detector(method: str):
+    """A detector with a ``method`` image score on untrained weights, its pooled GDE, network and test images."""
     network, setup = _network()
     fit_images, calibration = _grey_textures(10, 8), _grey_textures(6, 9)
     pooled = GaussianDensity(l2_normalize=False).fit(embed_images(network, fit_images, setup))
-    score = fit_image_score("fused", network, setup, fit_images, calibration, pooled)
+    score = fit_image_score(method, network, setup, fit_images, calibration, pooled)
     detector = Detector(category="widget", image_size=SIZE, model_config={"backbone": "resnet18", "head_dims": [16]},
                         state_dict=network.state_dict(), density=pooled, threshold=score.threshold(),
                         feature_batch_size=4, precision="fp32", device="cpu", image_score=score)
     images = np.concatenate([_grey_textures(3, 10), _with_colour_square(_grey_textures(3, 11))])
+    return detector, (network, setup), images
+
+
+def test_detector_with_a_fused_score_round_trips_and_old_folders_load_as_pooled(tmp_path):
+    detector, (network, setup), images = _detector("fused")
+    score, pooled = detector.image_score, detector.density
     folder = detector.save(tmp_path / "det")
     loaded = Detector.load(folder)
     np.testing.assert_array_equal(loaded.score_arrays(images), detector.score_arrays(images))
@@ -208,15 +215,8 @@ def test_detector_with_a_fused_score_round_trips_and_old_folders_load_as_pooled(
 
 
 def test_detector_with_a_zsum_score_round_trips(tmp_path):
-    network, setup = _network()
-    fit_images, calibration = _grey_textures(10, 8), _grey_textures(6, 9)
-    pooled = GaussianDensity(l2_normalize=False).fit(embed_images(network, fit_images, setup))
-    score = fit_image_score("zsum", network, setup, fit_images, calibration, pooled)
-    detector = Detector(category="widget", image_size=SIZE, model_config={"backbone": "resnet18", "head_dims": [16]},
-                        state_dict=network.state_dict(), density=pooled, threshold=score.threshold(),
-                        feature_batch_size=4, precision="fp32", device="cpu", image_score=score)
-    images = np.concatenate([_grey_textures(3, 10), _with_colour_square(_grey_textures(3, 11))])
+    detector, _, images = _detector("zsum")
     loaded = Detector.load(detector.save(tmp_path / "det"))
     np.testing.assert_array_equal(loaded.score_arrays(images), detector.score_arrays(images))
-    assert loaded.image_score.method == "zsum" and loaded.image_score.log_stats == score.log_stats
+    assert loaded.image_score.method == "zsum" and loaded.image_score.log_stats == detector.image_score.log_stats
     assert loaded.threshold == detector.threshold
