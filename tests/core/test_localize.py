@@ -324,6 +324,18 @@ def test_per_location_stem_maps_read_each_pixel_against_its_calibration_level(tm
     np.testing.assert_allclose(loaded.score_maps(data["test_images"]), local.score_maps(data["test_images"]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="K >= 2"):
         local.set_stem_center(raw[:1])
+    # with a tolerance, a pixel's level is the highest level within that many pixels
+    from scipy import ndimage
+
+    tolerant = _stem_localizer(fit, True)
+    tolerant.fit_stem(fit, max_vectors=10**6, seed=0, per_location=True, tolerance=2)
+    tolerant.calibrate(calibration)
+    np.testing.assert_allclose(tolerant.stem_center, ndimage.maximum_filter(local.stem_center, size=5, mode="nearest"), rtol=1e-5, atol=1e-5)
+    assert (tolerant.stem_maps(data["test_images"]) <= local.stem_maps(data["test_images"]) + 1e-5).all()
+    tolerant.save(tmp_path / "tolerant")
+    assert Localizer.load(tmp_path / "tolerant").stem_tolerance == 2
+    with pytest.raises(ValueError, match="tolerance"):
+        tolerant.fit_stem(fit, per_location=True, tolerance=-1)
 
 
 def test_per_location_stem_maps_follow_a_registered_part_and_ignore_filled_in_pixels():

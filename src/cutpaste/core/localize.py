@@ -443,6 +443,8 @@ class Localizer:
     :meth:`fit_stem`) the stem map is read per pixel too: log2 of the stem score minus the calibration
     images' mean log2 stem score at that pixel (in the reference pose when the localizer registers), so
     an edge, a highlight or a background corner that every good part shows at the same place reads 0.
+    ``stem_tolerance`` px: a pixel's level is the highest level within that distance, so an edge that
+    registration leaves a pixel or two off its place still reads as normal.
 
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
@@ -452,14 +454,14 @@ class Localizer:
                  norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
                  registration: RigidRegistration | None = None, stem: GaussianDensity | None = None,
                  fusion_references: dict[str, float] | None = None, stem_per_location: bool = False,
-                 stem_center: np.ndarray | None = None) -> None:
+                 stem_center: np.ndarray | None = None, stem_tolerance: int = 0) -> None:
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
         self.norm_center, self.norm_scale, self.norm_statistic = norm_center, norm_scale, norm_statistic
         self.registration = registration
         self.stem, self.fusion_references = stem, dict(fusion_references or {})
-        self.stem_per_location, self.stem_center = bool(stem_per_location), stem_center
+        self.stem_per_location, self.stem_center, self.stem_tolerance = bool(stem_per_location), stem_center, int(stem_tolerance)
 
     @property
     def normalized(self) -> bool:
@@ -537,15 +539,19 @@ class Localizer:
         return network, prepare_for_inference(network, self.embed_args.get("device", "auto"), self.embed_args.get("precision", "auto"),
                                               self.embed_args.get("memory_format", "auto"))
 
-    def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0, per_location: bool = False) -> None:
+    def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0, per_location: bool = False,
+                 tolerance: int = 0) -> None:
         """Fit the stem density on normal (N, S, S, 3) images (the fit split, as input: no registration).
-        ``per_location``: read the stem map against each pixel's normal level (set by :meth:`calibrate`)."""
+        ``per_location``: read the stem map against each pixel's normal level (set by :meth:`calibrate`),
+        the highest within ``tolerance`` px."""
+        if tolerance < 0:
+            raise ValueError(f"the stem level's tolerance must be >= 0 px, got {tolerance}")
         self._check_size(fit_images)
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, fit_images, setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
         self.fusion_references = {}
-        self.stem_per_location, self.stem_center = bool(per_location), None
+        self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
 
     def _reference_stem_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, S, S) log2 stem scores in the reference pose (the input pose without registration) and the
@@ -565,7 +571,7 @@ class Localizer:
     def set_stem_center(self, calibration_stem_maps: np.ndarray, transforms: np.ndarray | None = None) -> None:
         """Each pixel's normal stem level: the mean log2 stem score of the calibration images there (in the
         reference pose; a pixel outside a registered photo does not count, and one outside all of them
-        takes the median level)."""
+        takes the median level), then the highest such level within ``stem_tolerance`` px."""
         maps = np.asarray(calibration_stem_maps, dtype=np.float64)
         if maps.ndim != 3 or len(maps) < 2:
             raise ValueError(f"need (K >= 2, S, S) calibration stem maps, got shape {maps.shape}")
@@ -573,7 +579,12 @@ class Localizer:
             maps = np.where(self._outside_pixels(transforms), np.nan, maps)
         counted = np.isfinite(maps).any(0)
         center = np.nanmean(np.where(counted, maps, 0.0), 0)
-        self.stem_center = np.where(counted, center, np.median(center[counted]) if counted.any() else 0.0).astype(np.float32)
+        center = np.where(counted, center, np.median(center[counted]) if counted.any() else 0.0)
+        if self.stem_tolerance:
+            from scipy import ndimage
+
+            center = ndimage.maximum_filter(center, size=2 * self.stem_tolerance + 1, mode="nearest")
+        self.stem_center = center.astype(np.float32)
 
     def stem_maps(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`);
@@ -669,7 +680,7 @@ class Localizer:
                 "density": self.density.settings(), "normalization": self.norm_statistic,
                 "registration": None if self.registration is None else self.registration.settings(),
                 "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
-                "stem_per_location": self.stem_per_location}
+                "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -701,4 +712,5 @@ class Localizer:
         state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
         return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
                    meta["embed_args"], **normalization, registration=registration, stem=stem, fusion_references=meta.get("fusion_references"),
-                   stem_per_location=bool(meta.get("stem_per_location", False)), stem_center=arrays.get("stem_center"))
+                   stem_per_location=bool(meta.get("stem_per_location", False)), stem_center=arrays.get("stem_center"),
+                   stem_tolerance=int(meta.get("stem_tolerance", 0)))

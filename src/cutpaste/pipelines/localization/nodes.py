@@ -138,7 +138,8 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
         per_location = _per_location(dataset["category"], localization) and bool(stem.get("per_location", False))
         logger.info("%s: fitting the stem density (first-convolution responses) for fused maps%s", dataset["category"],
                     ", read per location" if per_location else "")
-        localizer.fit_stem(dataset["train_images"][split["fit"]], int(stem.get("max_vectors", 100_000)), int(stem.get("seed", 0)), per_location)
+        localizer.fit_stem(dataset["train_images"][split["fit"]], int(stem.get("max_vectors", 100_000)), int(stem.get("seed", 0)), per_location,
+                           int(stem.get("tolerance_px", 0)))
     elif stem.get("fuse", False):
         logger.warning("%s: localization.stem.fuse needs normalised log_ratio maps (normalize: true, normalize_statistic: log_ratio); "
                        "the maps stay unfused", dataset["category"])
