@@ -53,6 +53,11 @@ COMPONENTS = ("pooled", "stem")
 _TINY = 1e-300  # a score of exactly 0 stays finite in log2
 
 
+def _log2(scores) -> np.ndarray:
+    """log2 of scores as float64, floored above zero (a score of exactly 0 stays finite)."""
+    return np.log2(np.maximum(np.asarray(scores, dtype=np.float64), _TINY))
+
+
 def check_method(method: str) -> str:
     if method not in IMAGE_SCORE_METHODS:
         raise ValueError(f"image_score.method must be one of {IMAGE_SCORE_METHODS}, got '{method}'")
@@ -134,7 +139,7 @@ def stem_maps(network: nn.Module, density: GaussianDensity, images: np.ndarray, 
     7 px wide), then resized bilinearly onto the pixels."""
     maps = []
     for scores in stem_score_grids(network, density, images, setup, batch_size):
-        grid = torch.from_numpy(np.log2(np.maximum(scores, _TINY))).float()[:, None]
+        grid = torch.from_numpy(_log2(scores)).float()[:, None]
         grid = nn.functional.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False)
         maps.append(nn.functional.interpolate(grid, size=tuple(images.shape[1:3]), mode="bilinear", align_corners=False)[:, 0].numpy())
     return np.concatenate(maps) if maps else np.zeros((0, *images.shape[1:3]), dtype=np.float32)
@@ -185,13 +190,12 @@ class ImageScore:
             missing = [name for name in COMPONENTS if name not in self.log_stats]
             if missing:
                 raise ValueError(f"the zsum image score is not calibrated (no log-score statistics for {missing})")
-            total = sum((np.log2(np.maximum(np.asarray(components[name], dtype=np.float64), _TINY)) - self.log_stats[name][0])
-                        / self.log_stats[name][1] for name in COMPONENTS)
+            total = sum((_log2(components[name]) - self.log_stats[name][0]) / self.log_stats[name][1] for name in COMPONENTS)
             return np.exp2(np.clip(total, -_MAX_LOG2_SCORE, _MAX_LOG2_SCORE))
         missing = [name for name in COMPONENTS if name not in self.references]
         if missing:
             raise ValueError(f"the fused image score is not calibrated (no reference for {missing})")
-        ratios = [np.log2(np.maximum(np.asarray(components[name], dtype=np.float64), _TINY)) - self.references[name] for name in COMPONENTS]
+        ratios = [_log2(components[name]) - self.references[name] for name in COMPONENTS]
         return np.exp2(np.max(ratios, axis=0))
 
     def score(self, network: nn.Module, setup: InferenceSetup, images: np.ndarray, pooled: GaussianDensity, batch_size: int = 64) -> np.ndarray:
@@ -255,7 +259,7 @@ class ImageScore:
 
 def _log_stats(scores: np.ndarray, name: str) -> list[float]:
     """[mean, standard deviation] of the log2 of one component's calibration scores (zsum)."""
-    logs = np.log2(np.maximum(np.asarray(scores, dtype=np.float64), _TINY))
+    logs = _log2(scores)
     spread = float(logs.std(ddof=1)) if len(logs) > 1 else 0.0
     if not spread > 0:
         raise ValueError(f"zsum image score: the {len(logs)} calibration images' {name} scores do not vary; "

@@ -525,9 +525,13 @@ class Localizer:
         grids = self.score_grids(images, progress=progress, registered=True)
         self.set_normalization(grids, statistic, transforms)
         if self.stem is not None:
-            if self.stem_per_location:
-                self.set_stem_center(*self._reference_stem_maps(calibration_images))
-            self.set_fusion_references(self.maps_from_grids(grids, normalized=True, transforms=transforms), self.stem_maps(calibration_images))
+            if self.stem_per_location:  # the level from the calibration images' stem maps, then those maps read against it
+                reference = self._reference_stem_maps(images)
+                self.set_stem_center(reference, transforms)
+                stem = self._against_level(reference, transforms)
+            else:
+                stem = self.stem_maps(calibration_images)
+            self.set_fusion_references(self.maps_from_grids(grids, normalized=True, transforms=transforms), stem)
         return grids
 
     @property
@@ -553,20 +557,27 @@ class Localizer:
         self.fusion_references = {}
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
 
-    def _reference_stem_maps(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(N, S, S) log2 stem scores in the reference pose (the input pose without registration) and the
-        images' transforms (None without registration)."""
+    def _reference_stem_maps(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S) log2 stem scores of images as given (in the reference pose when registered)."""
         if self.stem is None:
             raise ValueError("this localizer has no stem density (fit_stem)")
-        registered, transforms = self.register(images)
         network, setup = self._stem_network()
-        return stem_score_maps(network, self.stem, registered, setup, STEM_BATCH_IMAGES), transforms
+        return stem_score_maps(network, self.stem, images, setup, STEM_BATCH_IMAGES)
 
     def _outside_pixels(self, transforms: np.ndarray) -> np.ndarray:
         """(N, S, S) True where a registered image's stem filter (7 px) reaches outside the input photo."""
-        inside = torch.from_numpy(warp(np.ones((len(transforms), self.image_size, self.image_size), dtype=np.float32), transforms, fill=0.0))
-        reach = nn.functional.avg_pool2d(inside[:, None], 7, stride=1, padding=3, count_include_pad=False)[:, 0]
-        return reach.numpy() < COVERAGE_MIN
+        return coverage(transforms, self.image_size, 7, 1, padding=3) < COVERAGE_MIN
+
+    def _against_level(self, reference_maps: np.ndarray, transforms: np.ndarray | None) -> np.ndarray:
+        """Reference-pose log2 stem maps minus each pixel's normal level, warped back onto the input
+        images; pixels whose stem filter reaches outside the photo read 0."""
+        if self.stem_center is None:
+            raise ValueError("per-location stem maps need each pixel's normal level (calibrate the localizer)")
+        maps = reference_maps - self.stem_center
+        if transforms is not None:
+            maps[self._outside_pixels(transforms)] = 0.0
+            maps = warp(maps, transforms, inverse=True)
+        return maps.astype(np.float32)
 
     def set_stem_center(self, calibration_stem_maps: np.ndarray, transforms: np.ndarray | None = None) -> None:
         """Each pixel's normal stem level: the mean log2 stem score of the calibration images there (in the
@@ -586,24 +597,18 @@ class Localizer:
             center = ndimage.maximum_filter(center, size=2 * self.stem_tolerance + 1, mode="nearest")
         self.stem_center = center.astype(np.float32)
 
-    def stem_maps(self, images: np.ndarray) -> np.ndarray:
+    def stem_maps(self, images: np.ndarray, registered: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`);
         per location, minus each pixel's normal level (computed in the reference pose, warped back
-        onto the input images; pixels whose stem filter reaches outside the photo read 0)."""
+        onto the input images; pixels whose stem filter reaches outside the photo read 0).
+        ``registered``: the images' :meth:`register` result when the caller has it already."""
         if self.stem is None:
             raise ValueError("this localizer has no stem density (fit_stem)")
         self._check_size(images)
         if not self.stem_per_location:
-            network, setup = self._stem_network()
-            return stem_score_maps(network, self.stem, images, setup, STEM_BATCH_IMAGES)
-        if self.stem_center is None:
-            raise ValueError("per-location stem maps need each pixel's normal level (calibrate the localizer)")
-        maps, transforms = self._reference_stem_maps(images)
-        maps = maps - self.stem_center
-        if transforms is not None:
-            maps[self._outside_pixels(transforms)] = 0.0
-            maps = warp(maps, transforms, inverse=True)
-        return maps.astype(np.float32)
+            return self._reference_stem_maps(images)
+        aligned, transforms = registered if registered is not None else self.register(images)
+        return self._against_level(self._reference_stem_maps(aligned), transforms)
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
         """Each component's reference: the 99th percentile of its normal calibration pixels (log2 units)."""
@@ -656,7 +661,7 @@ class Localizer:
         registered, transforms = self.register(images)
         maps = self.maps_from_grids(self.score_grids(registered, progress, registered=True), normalized, transforms)
         normalized = self.normalized if normalized is None else normalized
-        return self.fuse(maps, self.stem_maps(images)) if self.fused and normalized else maps
+        return self.fuse(maps, self.stem_maps(images, (registered, transforms))) if self.fused and normalized else maps
 
     def save(self, folder) -> None:
         import json

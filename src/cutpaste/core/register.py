@@ -69,13 +69,14 @@ def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, orde
     return output
 
 
-def coverage(transforms: np.ndarray, image_size: int, patch_size: int, stride: int) -> np.ndarray:
+def coverage(transforms: np.ndarray, image_size: int, patch_size: int, stride: int, padding: int = 0) -> np.ndarray:
     """(N, G, G) fraction of each patch of the registered images that lies inside the input photo
-    (the rest was filled in from outside it by the rotation and shift)."""
+    (the rest was filled in from outside it by the rotation and shift). ``padding``: patches may hang
+    over the image's border by that much (their part beyond it does not count)."""
     import torch
 
     inside = warp(np.ones((len(transforms), image_size, image_size), dtype=np.float32), transforms, fill=0.0)
-    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(inside)[:, None], patch_size, stride)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(inside)[:, None], patch_size, stride, padding=padding, count_include_pad=False)
     return pooled[:, 0].numpy()
 
 

@@ -1,7 +1,7 @@
 """Image-level CutPaste detection, one namespace per category, and the detection report.
 
-ingest -> train proxy task -> features of normal training images -> GDE -> image score (pooled, or fused
-with the stem's local density) -> threshold -> score test images ->
+ingest -> train proxy task -> features of normal training images -> GDE -> image score (pooled, or combined
+with the stem's local density: zsum, fused) -> threshold -> score test images ->
 image AUROC and figures; then ``build_detection_report`` gathers every category's metrics into
 ``data/08_reporting/detection_table.{csv,md}``. Every artifact is a catalog dataset (see
 ``conf/base/catalog.yml``). ``kedro run --namespaces=brick`` runs one category (the report needs all).
