@@ -54,7 +54,9 @@ def test_inference_pipeline_reports_bad_files_and_empty_folders(trained_project,
 def test_logged_pyfunc_model_loads_and_scores_like_the_detector(trained_project):
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")
-    child = client.search_runs([experiment.experiment_id], filter_string="tags.category = 'gravel'")[0]
+    # the detection run's child (a localization run on the same project logs a gravel child without a detector)
+    child = [run for run in client.search_runs([experiment.experiment_id], filter_string="tags.category = 'gravel'")
+             if "detector_model_uri" in run.data.tags][0]
     mlflow.set_tracking_uri(f"sqlite:///{trained_project / 'mlflow.db'}")
     os.chdir(trained_project)  # the run's artifacts live under ./mlruns of the project
     try:
