@@ -28,7 +28,7 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
                 for category in TINY_CATEGORIES}
     assert settings["brick"]["registration"] is None
     assert settings["gravel"]["registration"]["max_rotation_deg"] == 10
-    assert all(set(settings[category]["fusion_references"]) == {"patch", "stem"} for category in TINY_CATEGORIES)
+    assert all({"patch", "stem", "patch_sd", "stem_sd"} <= set(settings[category]["fusion_references"]) for category in TINY_CATEGORIES)
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")

@@ -69,11 +69,15 @@ def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_ca
     split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
     settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0}}
     localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
-    assert localizer.fused and set(localizer.fusion_references) == {"patch", "stem"}
+    assert localizer.fused and localizer.fusion == "max"
+    assert set(localizer.fusion_references) == {"patch", "stem", "patch_mean", "patch_sd", "stem_mean", "stem_sd"}
     calibration = dataset["train_images"][split["calibration"]]
     calibration_patch = localizer.maps_from_grids(localizer.score_grids(calibration))
+    calibration_stem = localizer.stem_maps(calibration)
     assert localizer.fusion_references["patch"] == np.quantile(calibration_patch, 0.99)
-    assert localizer.fusion_references["stem"] == np.quantile(localizer.stem_maps(calibration), 0.99)
+    assert localizer.fusion_references["stem"] == np.quantile(calibration_stem, 0.99)
+    np.testing.assert_allclose([localizer.fusion_references[key] for key in ("patch_mean", "patch_sd", "stem_mean", "stem_sd")],
+                               [calibration_patch.mean(), calibration_patch.std(), calibration_stem.mean(), calibration_stem.std()], rtol=1e-5, atol=1e-5)
 
     maps, raw, patch = nodes.score_maps(localizer, dataset, settings)
     stem = localizer.stem_maps(dataset["test_images"])
@@ -96,6 +100,54 @@ def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_ca
     np.testing.assert_allclose(loaded.score_maps(dataset["test_images"]), maps, rtol=1e-5, atol=1e-5)
     unfused = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "normalize_statistic": "mean_std"}, DENSITY)
     assert not unfused.fused  # fusion reads maps in log2 units: not with mean_std maps
+
+
+def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and_round_trips(tmp_path):
+    import json
+
+    import pytest
+
+    from cutpaste.core.localize import Localizer
+
+    torch.manual_seed(0)
+    state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0, "fusion": "zsum"}}
+    localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
+    assert localizer.fusion == "zsum"
+    calibration = dataset["train_images"][split["calibration"]]
+    calibration_patch = localizer.maps_from_grids(localizer.score_grids(calibration))
+    calibration_stem = localizer.stem_maps(calibration)
+    maps, _, patch = nodes.score_maps(localizer, dataset, settings)
+    stem = localizer.stem_maps(dataset["test_images"])
+    expected = ((patch - calibration_patch.mean()) / calibration_patch.std() + (stem - calibration_stem.mean()) / calibration_stem.std())
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4)
+    # the calibration images' own fused pixels: mean 0 by construction
+    assert abs(localizer.fuse(calibration_patch, calibration_stem).mean()) < 1e-3
+
+    localizer.save(tmp_path / "localizer")
+    assert json.loads((tmp_path / "localizer/localizer.json").read_text())["fusion"] == "zsum"
+    loaded = Localizer.load(tmp_path / "localizer")
+    assert loaded.fusion == "zsum"
+    np.testing.assert_allclose(loaded.score_maps(dataset["test_images"]), maps, rtol=1e-5, atol=1e-5)
+
+    # a localizer saved before zsum existed: its references hold the 99th percentiles only; it loads as "max"
+    meta = json.loads((tmp_path / "localizer/localizer.json").read_text())
+    meta.pop("fusion")
+    meta["fusion_references"] = {key: meta["fusion_references"][key] for key in ("patch", "stem")}
+    (tmp_path / "localizer/localizer.json").write_text(json.dumps(meta))
+    old = Localizer.load(tmp_path / "localizer")
+    assert old.fusion == "max"
+    np.testing.assert_allclose(old.score_maps(dataset["test_images"]),
+                               np.maximum(patch - meta["fusion_references"]["patch"], stem - meta["fusion_references"]["stem"]), rtol=1e-5, atol=1e-5)
+    old.fusion = "zsum"
+    with pytest.raises(ValueError, match="fusion references"):
+        old.fuse(patch, stem)
+    with pytest.raises(ValueError, match="do not vary"):
+        localizer.set_fusion_references(calibration_patch, np.zeros_like(calibration_stem))
+    with pytest.raises(ValueError, match="map fusion must be one of"):
+        nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "fusion": "mean"}}, DENSITY)
 
 
 def _write_category(root, name: str) -> None:

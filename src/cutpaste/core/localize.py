@@ -325,12 +325,18 @@ class LocationDensity:
 
 
 NORMALIZE_STATISTICS = ("log_ratio", "mean_std", "median_mad")
+FUSIONS = ("max", "zsum")  # how the patch and stem maps are fused (Localizer docstring)
 _SCORE_FLOOR = 1e-12  # squared Mahalanobis distances are >= 0; the log needs > 0
 
 
 def check_statistic(statistic: str) -> None:
     if statistic not in NORMALIZE_STATISTICS:
         raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
+
+
+def check_fusion(fusion: str) -> None:
+    if fusion not in FUSIONS:
+        raise ValueError(f"map fusion must be one of {FUSIONS}, got '{fusion}'")
 
 
 def log2_scores(grids: np.ndarray) -> np.ndarray:
@@ -416,7 +422,7 @@ def scaled(value_at_256: int, image_size: int) -> int:
 
 
 COVERAGE_MIN = 0.98  # a registered patch with less of its area inside the input photo gets the normal score
-FUSION_QUANTILE = 0.99  # each fused map component is read in units of this quantile of its calibration pixels
+FUSION_QUANTILE = 0.99  # "max" fusion: each map component is read in log2 units above this quantile of its calibration pixels
 STEM_BATCH_IMAGES = 8  # images per stem pass: at 256 px, 8 x 128 x 128 locations of 64 responses (67 MB in float64)
 
 
@@ -438,7 +444,9 @@ class Localizer:
     Stem fusion (:meth:`fit_stem`, log_ratio maps only): a shared Gaussian of the patch model's first
     convolution responses (:func:`cutpaste.core.image_score.fit_stem_density`) gives a second map at
     the stem's 2 px stride; each map is read in log2 units above the 99th percentile of its own
-    calibration pixels, and the fused map is the larger of the two at every pixel. The stem density is
+    calibration pixels, and the fused map is the larger of the two at every pixel (``fusion="max"``), or
+    (``fusion="zsum"``) each map is read as a z-score of its calibration pixels (their mean and standard
+    deviation, two numbers per map) and the fused map is the sum of the two. The stem density is
     shared by all locations, so it needs no registration. For aligned objects (``per_location`` in
     :meth:`fit_stem`) the stem map is read per pixel too: log2 of the stem score minus the calibration
     images' mean log2 stem score at that pixel (in the reference pose when the localizer registers), so
@@ -454,7 +462,8 @@ class Localizer:
                  norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
                  registration: RigidRegistration | None = None, stem: GaussianDensity | None = None,
                  fusion_references: dict[str, float] | None = None, stem_per_location: bool = False,
-                 stem_center: np.ndarray | None = None, stem_tolerance: int = 0) -> None:
+                 stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max") -> None:
+        check_fusion(fusion)
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
@@ -462,6 +471,7 @@ class Localizer:
         self.registration = registration
         self.stem, self.fusion_references = stem, dict(fusion_references or {})
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(stem_per_location), stem_center, int(stem_tolerance)
+        self.fusion = fusion
 
     @property
     def normalized(self) -> bool:
@@ -544,18 +554,20 @@ class Localizer:
                                               self.embed_args.get("memory_format", "auto"))
 
     def fit_stem(self, fit_images: np.ndarray, max_vectors: int = 100_000, seed: int = 0, per_location: bool = False,
-                 tolerance: int = 0) -> None:
+                 tolerance: int = 0, fusion: str = "max") -> None:
         """Fit the stem density on normal (N, S, S, 3) images (the fit split, as input: no registration).
         ``per_location``: read the stem map against each pixel's normal level (set by :meth:`calibrate`),
-        the highest within ``tolerance`` px."""
+        the highest within ``tolerance`` px. ``fusion``: "max" or "zsum" (class docstring)."""
         if tolerance < 0:
             raise ValueError(f"the stem level's tolerance must be >= 0 px, got {tolerance}")
+        check_fusion(fusion)
         self._check_size(fit_images)
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, fit_images, setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
         self.fusion_references = {}
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
+        self.fusion = fusion
 
     def _reference_stem_maps(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S) log2 stem scores of images as given (in the reference pose when registered)."""
@@ -611,18 +623,32 @@ class Localizer:
         return self._against_level(self._reference_stem_maps(aligned), transforms)
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
-        """Each component's reference: the 99th percentile of its normal calibration pixels (log2 units)."""
+        """Each component's references from its normal calibration pixels (log2 units): the 99th percentile
+        ("max" fusion) and the mean and standard deviation ("zsum" fusion); both kinds are kept."""
         if self.norm_statistic != "log_ratio":
             raise ValueError("stem fusion needs log_ratio-normalised patch maps (calibrate with statistic log_ratio)")
-        self.fusion_references = {"patch": float(np.quantile(calibration_patch_maps, FUSION_QUANTILE)),
-                                  "stem": float(np.quantile(calibration_stem_maps, FUSION_QUANTILE))}
+        references = {}
+        for name, maps in (("patch", calibration_patch_maps), ("stem", calibration_stem_maps)):
+            values = np.asarray(maps, dtype=np.float64)
+            spread = float(values.std())
+            if not np.isfinite(spread) or spread <= 0:
+                raise ValueError(f"the calibration images' {name} maps do not vary (standard deviation {spread}): cannot fuse by z-score")
+            references.update({name: float(np.quantile(values, FUSION_QUANTILE)), f"{name}_mean": float(values.mean()), f"{name}_sd": spread})
+        self.fusion_references = references
 
     def fuse(self, patch_maps: np.ndarray, stem_maps: np.ndarray) -> np.ndarray:
-        """(N, S, S) normalised patch maps and log2 stem maps -> the fused maps: at every pixel the larger
-        of the two, each in log2 units above its calibration pixels' 99th percentile (0 = that level)."""
-        if set(self.fusion_references) != {"patch", "stem"}:
-            raise ValueError("the fused maps need the fusion references (calibrate the localizer)")
-        return np.maximum(patch_maps - self.fusion_references["patch"], stem_maps - self.fusion_references["stem"]).astype(np.float32)
+        """(N, S, S) normalised patch maps and log2 stem maps -> the fused maps. "max": at every pixel the
+        larger of the two, each in log2 units above its calibration pixels' 99th percentile (0 = that
+        level); "zsum": the sum of the two, each in standard deviations of its calibration pixels above
+        their mean (0 = both maps at their normal mean)."""
+        needed = {"patch", "stem"} if self.fusion == "max" else {"patch_mean", "patch_sd", "stem_mean", "stem_sd"}
+        if not needed <= set(self.fusion_references):
+            raise ValueError(f"the {self.fusion!r} fused maps need the fusion references {sorted(needed)} (calibrate the localizer)")
+        references = self.fusion_references
+        if self.fusion == "max":
+            return np.maximum(patch_maps - references["patch"], stem_maps - references["stem"]).astype(np.float32)
+        return ((patch_maps - references["patch_mean"]) / references["patch_sd"]
+                + (stem_maps - references["stem_mean"]) / references["stem_sd"]).astype(np.float32)
 
     def set_normalization(self, calibration_grids: np.ndarray, statistic: str = "log_ratio", transforms: np.ndarray | None = None) -> None:
         """The per-location normalisation from the (K, G, G) raw patch scores of normal calibration
@@ -685,7 +711,7 @@ class Localizer:
                 "density": self.density.settings(), "normalization": self.norm_statistic,
                 "registration": None if self.registration is None else self.registration.settings(),
                 "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
-                "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance}
+                "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -718,4 +744,4 @@ class Localizer:
         return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
                    meta["embed_args"], **normalization, registration=registration, stem=stem, fusion_references=meta.get("fusion_references"),
                    stem_per_location=bool(meta.get("stem_per_location", False)), stem_center=arrays.get("stem_center"),
-                   stem_tolerance=int(meta.get("stem_tolerance", 0)))
+                   stem_tolerance=int(meta.get("stem_tolerance", 0)), fusion=str(meta.get("fusion", "max")))

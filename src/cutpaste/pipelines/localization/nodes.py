@@ -139,7 +139,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
         logger.info("%s: fitting the stem density (first-convolution responses) for fused maps%s", dataset["category"],
                     ", read per location" if per_location else "")
         localizer.fit_stem(dataset["train_images"][split["fit"]], int(stem.get("max_vectors", 100_000)), int(stem.get("seed", 0)), per_location,
-                           int(stem.get("tolerance_px", 0)))
+                           int(stem.get("tolerance_px", 0)), str(stem.get("fusion", "max")))
     elif stem.get("fuse", False):
         logger.warning("%s: localization.stem.fuse needs normalised log_ratio maps (normalize: true, normalize_statistic: log_ratio); "
                        "the maps stay unfused", dataset["category"])
@@ -178,6 +178,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
     fused = _fused(localization)
     labels = index.loc[index["split"] == "test", "label"].to_numpy()
     normalization = _normalization(localization)
+    fusion = str((localization.get("stem") or {}).get("fusion", "max"))
     metrics = {
         "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
         "image_auroc_from_map": image_auroc(labels, maps.reshape(len(maps), -1).max(1)),
@@ -186,7 +187,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
         "gradcam_pixel_auroc": pixel_auroc(masks, cams),
         "gradcam_image_auroc_from_map": image_auroc(labels, cams.reshape(len(cams), -1).max(1)),
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
-        "maps": ("fused with the stem" if fused else "normalised") if normalization is not None else "raw",
+        "maps": (f"fused with the stem ({fusion})" if fused else "normalised") if normalization is not None else "raw",
     }
     if fused:
         metrics.update({"pixel_auroc_patch": pixel_auroc(masks, patch_maps), "aupro_patch": aupro(masks, patch_maps),
@@ -196,7 +197,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
-                                        f"{dataset['category']}: localization", normalization="fused" if fused else normalization)
+                                        f"{dataset['category']}: localization", normalization=("fused" if fusion == "max" else "fused_zsum") if fused else normalization)
     return metrics, figure
 
 
