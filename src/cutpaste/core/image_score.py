@@ -53,9 +53,9 @@ COMPONENTS = ("pooled", "stem")
 _TINY = 1e-300  # a score of exactly 0 stays finite in log2
 
 
-def _log2(scores) -> np.ndarray:
-    """log2 of scores as float64, floored above zero (a score of exactly 0 stays finite)."""
-    return np.log2(np.maximum(np.asarray(scores, dtype=np.float64), _TINY))
+def _log2(scores, floor: float = _TINY) -> np.ndarray:
+    """log2 of scores as float64, floored at ``floor`` > 0 (a score of exactly 0 stays finite)."""
+    return np.log2(np.maximum(np.asarray(scores, dtype=np.float64), floor))
 
 
 def check_method(method: str) -> str:

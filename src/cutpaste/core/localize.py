@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cutpaste.core.density import GaussianDensity, l2_normalize
-from cutpaste.core.image_score import fit_stem_density
+from cutpaste.core.image_score import _log2, fit_stem_density
 from cutpaste.core.image_score import stem_maps as stem_score_maps
 from cutpaste.core.register import RigidRegistration, coverage, warp
 from cutpaste.core.train import (
@@ -341,7 +341,7 @@ def check_fusion(fusion: str) -> None:
 
 def log2_scores(grids: np.ndarray) -> np.ndarray:
     """log2 of patch scores (squared Mahalanobis distances), floored above zero."""
-    return np.log2(np.maximum(np.asarray(grids, dtype=np.float64), _SCORE_FLOOR))
+    return _log2(grids, _SCORE_FLOOR)
 
 
 def normalization_statistics(calibration_grids: np.ndarray, statistic: str = "log_ratio", scale_floor_ratio: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -687,7 +687,12 @@ class Localizer:
         registered, transforms = self.register(images)
         maps = self.maps_from_grids(self.score_grids(registered, progress, registered=True), normalized, transforms)
         normalized = self.normalized if normalized is None else normalized
-        return self.fuse(maps, self.stem_maps(images, (registered, transforms))) if self.fused and normalized else maps
+        return self.with_stem(maps, images, (registered, transforms)) if normalized else maps
+
+    def with_stem(self, patch_maps: np.ndarray, images: np.ndarray, registered: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
+        """The localizer's maps from its normalised (N, S, S) patch maps of ``images``: fused with the
+        stem maps when the localizer has a stem density, else the patch maps themselves."""
+        return self.fuse(patch_maps, self.stem_maps(images, registered)) if self.fused and self.normalized else patch_maps
 
     def save(self, folder) -> None:
         import json

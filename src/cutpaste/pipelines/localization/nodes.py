@@ -157,8 +157,7 @@ def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict)
     images, transforms = localizer.register(dataset["test_images"])
     grids = localizer.score_grids(images, progress=localization["training"].get("progress", True), registered=True)
     patch_maps = localizer.maps_from_grids(grids, transforms=transforms)
-    maps = (localizer.fuse(patch_maps, localizer.stem_maps(dataset["test_images"], (images, transforms)))
-            if localizer.fused and localizer.normalized else patch_maps)
+    maps = localizer.with_stem(patch_maps, dataset["test_images"], (images, transforms))
     return maps, localizer.maps_from_grids(grids, normalized=False, transforms=transforms), patch_maps
 
 
