@@ -16,7 +16,7 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     table = pd.read_csv(trained_project / "data/08_reporting/localization_table.csv")
     assert table["category"].tolist() == ["brick", "gravel", "mean"]
     assert table["density"].tolist()[:2] == ["shared", "per-location"]
-    for column in ("pixel_auroc", "aupro_0.3", "image_auroc_from_map", "gradcam_pixel_auroc", "pixel_auroc_patch"):
+    for column in ("pixel_auroc", "aupro_0.3", "image_auroc_from_map", "gradcam_pixel_auroc", "pixel_auroc_patch", "patch_proxy_accuracy"):
         assert table[column].between(0, 100).all()  # conf/test fuses the maps with the stem: the patch maps' own column too
     assert "paper_pixel_auroc" in table.columns
     with open(trained_project / "data/07_model_output/brick/score_maps.pkl", "rb") as handle:

@@ -56,6 +56,9 @@ def test_localization_figure_gives_every_heatmap_a_colour_bar():
     spreads = localization_figure(images, masks, rng.normal(size=(2, 16, 16)), None, ["a", "b"], "t", normalization="mean_std")
     assert [axis.get_ylabel() for axis in spreads.axes if axis.get_ylabel()].count("patch score (normal spreads above normal)") == 2
     fused_maps = rng.normal(-3.0, 1.0, size=(2, 16, 16))
+    zsum = localization_figure(images, masks, fused_maps, None, ["a", "b"], "t", normalization="fused_zsum")
+    assert [axis.get_ylabel() for axis in zsum.axes if axis.get_ylabel()].count("patch + stem z-scores (normal pixel spreads)") == 2
+    assert [axis.get_title() for axis in zsum.axes].count("patch + stem (z-sum)") == 2
     fused = localization_figure(images, masks, fused_maps, None, ["a", "b"], "t", normalization="fused")
     bars = [axis for axis in fused.axes if axis.get_ylabel() == "log2 of score / 99th pct of normal pixels"]
     assert len(bars) == 2 and bars[0].get_ylim()[0] == np.percentile(fused_maps, 50)  # from the median: most fused values are < 0

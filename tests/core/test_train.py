@@ -118,3 +118,30 @@ def test_a_model_can_still_be_trained_after_feature_extraction():
     logits, _ = model.train()(torch.rand(4, 3, 32, 32))
     logits.sum().backward()  # raises on inference tensors
     assert model.classifier.weight.grad is not None
+
+
+def test_a_proxy_task_that_ends_near_chance_is_reported(caplog):
+    import logging
+
+    import pandas as pd
+
+    from cutpaste.core.train import final_accuracy, warn_if_unlearned
+
+    steps = np.arange(1, 501)
+    # at chance for the whole run (3-way): the last tenth averages 0.35 -> warned
+    stuck = pd.DataFrame({"step": steps, "loss": 1.1, "accuracy": np.where(steps % 2, 0.32, 0.38), "lr": 0.03})
+    assert final_accuracy(stuck) == 0.35
+    with caplog.at_level(logging.WARNING, logger="cutpaste.core.train"):
+        assert warn_if_unlearned(stuck, 3, "kolektorsdd: patch model")
+    assert "kolektorsdd: patch model: the proxy task ended near chance" in caplog.text and "0.35" in caplog.text
+    # learned late: only the last tenth counts
+    late = stuck.assign(accuracy=np.where(steps > 450, 0.9, 0.33))
+    assert final_accuracy(late) == 0.9
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cutpaste.core.train"):
+        assert not warn_if_unlearned(late, 3, "x")
+    assert caplog.text == ""
+    # chance depends on the number of classes: 0.52 is chance for a binary task, learned for 3-way
+    flat = stuck.assign(accuracy=0.52)
+    assert warn_if_unlearned(flat, 2, "binary") and not warn_if_unlearned(flat, 3, "3-way")
+    assert np.isnan(final_accuracy(stuck.iloc[:0]))

@@ -155,11 +155,13 @@ LOCALIZATION_NOTE = ("All values in %. Paper: Li et al., CVPR 2021, Table 2, pat
                      "aupro_0.3: per-region overlap integrated up to FPR 0.3, normalised. pixel_auroc, aupro_0.3 and "
                      "image_auroc_from_map are of the maps as configured (normalised per location from the calibration "
                      "images when localization.normalize, fused with the stem map when localization.stem.fuse); "
-                     "*_raw: of the unnormalised patch maps; *_patch: of the normalised patch maps before fusion.")
+                     "*_raw: of the unnormalised patch maps; *_patch: of the normalised patch maps before fusion. "
+                     "patch_proxy_accuracy: the patch model's training accuracy on its proxy task over its last tenth of "
+                     "steps (chance: 100 / the number of classes, 33.3 for 3-way; near chance, the maps rest on close to untrained features).")
 LOCALIZATION_COLUMNS = {
     "pixel_auroc": "pixel_auroc", "aupro": "aupro_0.3", "image_auroc_from_map": "image_auroc_from_map",
     "pixel_auroc_raw": "pixel_auroc_raw", "image_auroc_from_raw_map": "image_auroc_from_raw_map",
-    "gradcam_pixel_auroc": "gradcam_pixel_auroc",
+    "gradcam_pixel_auroc": "gradcam_pixel_auroc", "patch_proxy_accuracy": "patch_proxy_accuracy",
     "pixel_auroc_patch": "pixel_auroc_patch", "image_auroc_from_patch_map": "image_auroc_from_patch_map",
 }
 
@@ -168,7 +170,8 @@ def localization_table(metrics: dict[str, dict]) -> pd.DataFrame:
     """The paper's Table 2 with our columns: per category and mean, in %."""
     rows = _category_rows(metrics, LOCALIZATION_COLUMNS, "paper_pixel_auroc", PAPER_PIXEL_AUROC, "density")
     columns = ["category", "group", "density", "pixel_auroc", "paper_pixel_auroc", "aupro_0.3", "image_auroc_from_map",
-               "pixel_auroc_raw", "image_auroc_from_raw_map", "gradcam_pixel_auroc", "pixel_auroc_patch", "image_auroc_from_patch_map"]
+               "pixel_auroc_raw", "image_auroc_from_raw_map", "gradcam_pixel_auroc", "patch_proxy_accuracy", "pixel_auroc_patch",
+               "image_auroc_from_patch_map"]
     table = pd.DataFrame(rows)[columns]
     if table[["pixel_auroc_patch", "image_auroc_from_patch_map"]].isna().all().all():  # maps not fused: no separate patch columns
         columns = columns[:-2]

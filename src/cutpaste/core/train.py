@@ -222,6 +222,28 @@ class Trainer:
         return pd.DataFrame(self.history, columns=["step", "loss", "accuracy", "lr"])
 
 
+LEARNED_MARGIN = 0.05  # proxy-task training accuracy at most this far above chance at the end: the network did not learn
+
+
+def final_accuracy(history: pd.DataFrame, fraction: float = 0.1) -> float:
+    """Mean training accuracy of the proxy task over the last ``fraction`` of the steps (at least one step)."""
+    if len(history) == 0:
+        return float("nan")
+    return float(history["accuracy"].tail(max(1, int(round(len(history) * fraction)))).mean())
+
+
+def warn_if_unlearned(history: pd.DataFrame, num_classes: int, what: str) -> bool:
+    """Log a warning and return True when the proxy task ended near chance: training accuracy over the
+    last tenth of the steps at most ``LEARNED_MARGIN`` above 1 / ``num_classes``. Such a network's
+    features are close to its random initialisation, and so are the densities and maps built on them."""
+    accuracy, chance = final_accuracy(history), 1.0 / num_classes
+    if not accuracy > chance + LEARNED_MARGIN:
+        logger.warning("%s: the proxy task ended near chance (training accuracy %.2f over the last tenth of %d steps, chance %.2f): "
+                       "its features are close to untrained; give it more steps", what, accuracy, len(history), chance)
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class InferenceSetup:
     """Where and how a prepared model runs: device, autocast dtype (None = fp32), memory format."""

@@ -18,7 +18,7 @@ from cutpaste.core.image_score import ImageScore
 from cutpaste.core.image_score import fit_image_score as fit_image_score_core
 from cutpaste.core.metrics import f1_max, image_auroc
 from cutpaste.core.models import CutPasteNet
-from cutpaste.core.train import InferenceSetup, TrainConfig, Trainer, extract_features, prepare_for_inference
+from cutpaste.core.train import InferenceSetup, TrainConfig, Trainer, extract_features, prepare_for_inference, warn_if_unlearned
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def train_model(dataset: dict, split: dict, model: dict, training: dict, augment
     logger.info("%s: training %s for %d steps on %s (%s, %s)", dataset["category"], augment["task"], config.steps,
                 trainer.device, trainer.dtype or "fp32", "channels_last" if trainer.memory_format == torch.channels_last else "contiguous")
     history = trainer.fit(dataset["train_images"][split["fit"]], progress=training.get("progress", True))
+    warn_if_unlearned(history, task.num_classes, f"{dataset['category']}: image model")
     return network.cpu(), history
 
 

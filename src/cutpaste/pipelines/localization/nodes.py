@@ -14,7 +14,7 @@ from cutpaste.core.density import GaussianDensity
 from cutpaste.core.localize import LocationDensity, gradcam, grid_size, scaled
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc
 from cutpaste.core.register import RigidRegistration
-from cutpaste.core.train import Trainer
+from cutpaste.core.train import Trainer, final_accuracy, warn_if_unlearned
 from cutpaste.pipelines.detection.nodes import build_model, ingest_category, load_model, train_config
 from cutpaste.pipelines.detection.nodes import split_training_images as _split_training_images
 
@@ -72,6 +72,7 @@ def train_patch_model(dataset: dict, split: dict, model: dict, localization: dic
         checkpoint = Path(localization["training"]["checkpoint_dir"]) / dataset["category"] / f"patch_{augment['task']}_seed{config.seed}.pt"
     logger.info("%s: patch model on %d px crops of %d px images, %d steps", dataset["category"], sizes["train_patch_size"], dataset["image_size"], config.steps)
     history = Trainer(network, task, preprocess, config, checkpoint).fit(dataset["train_images"][split["fit"]], progress=localization["training"].get("progress", True))
+    warn_if_unlearned(history, task.num_classes, f"{dataset['category']}: patch model")
     return network.cpu(), history
 
 
@@ -169,10 +170,12 @@ def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, da
 
 
 def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame,
-                          localization: dict):
+                          localization: dict, patch_history: pd.DataFrame | None = None):
     """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, of the maps, of the raw
     (unnormalised) maps and, when the maps are fused with the stem, of the patch maps alone;
-    GradCAM pixel AUROC; Figure 4 with the maps and colour bars."""
+    GradCAM pixel AUROC; the patch model's proxy-task training accuracy at the end of its training
+    (from ``patch_history``; near chance: its maps rest on close to untrained features); Figure 4
+    with the maps and colour bars."""
     masks = dataset["test_masks"]
     fused = _fused(localization)
     labels = index.loc[index["split"] == "test", "label"].to_numpy()
@@ -188,6 +191,8 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
         "maps": (f"fused with the stem ({fusion})" if fused else "normalised") if normalization is not None else "raw",
     }
+    if patch_history is not None:
+        metrics["patch_proxy_accuracy"] = final_accuracy(patch_history)
     if fused:
         metrics.update({"pixel_auroc_patch": pixel_auroc(masks, patch_maps), "aupro_patch": aupro(masks, patch_maps),
                         "image_auroc_from_patch_map": image_auroc(labels, patch_maps.reshape(len(patch_maps), -1).max(1))})

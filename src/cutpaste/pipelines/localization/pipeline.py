@@ -29,7 +29,8 @@ def create_category_pipeline(category: str) -> Pipeline:
              name="score_maps"),
         node(nodes.gradcam_maps, ["model", "density", "dataset", "localization_dataset", "params:model", "params:training"],
              "gradcam_maps", name="gradcam_maps"),
-        node(nodes.evaluate_localization, ["score_maps", "raw_score_maps", "patch_score_maps", "gradcam_maps", "localization_dataset", "localization_index", "params:localization"],
+        node(nodes.evaluate_localization, ["score_maps", "raw_score_maps", "patch_score_maps", "gradcam_maps", "localization_dataset",
+                                           "localization_index", "params:localization", "patch_training_history"],
              ["localization_metrics", "localization_figure"], name="evaluate_localization"),
     ])
     return pipeline(template, namespace=category, parameters={f"params:{name}" for name in LOCALIZATION_PARAMETERS})
