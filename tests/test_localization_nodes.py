@@ -146,6 +146,9 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
         old.fuse(patch, stem)
     with pytest.raises(ValueError, match="do not vary"):
         localizer.set_fusion_references(calibration_patch, np.zeros_like(calibration_stem))
+    old.fusion = "max"
+    old.set_fusion_references(calibration_patch, np.zeros_like(calibration_stem))  # max fusion needs no spread
+    assert old.fusion_references["stem_sd"] == 0.0
     with pytest.raises(ValueError, match="map fusion must be one of"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "fusion": "mean"}}, DENSITY)
 

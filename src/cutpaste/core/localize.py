@@ -631,7 +631,7 @@ class Localizer:
         for name, maps in (("patch", calibration_patch_maps), ("stem", calibration_stem_maps)):
             values = np.asarray(maps, dtype=np.float64)
             spread = float(values.std())
-            if not np.isfinite(spread) or spread <= 0:
+            if self.fusion == "zsum" and not (np.isfinite(spread) and spread > 0):
                 raise ValueError(f"the calibration images' {name} maps do not vary (standard deviation {spread}): cannot fuse by z-score")
             references.update({name: float(np.quantile(values, FUSION_QUANTILE)), f"{name}_mean": float(values.mean()), f"{name}_sd": spread})
         self.fusion_references = references
