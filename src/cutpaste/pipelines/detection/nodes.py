@@ -18,7 +18,14 @@ from cutpaste.core.image_score import ImageScore
 from cutpaste.core.image_score import fit_image_score as fit_image_score_core
 from cutpaste.core.metrics import f1_max, image_auroc
 from cutpaste.core.models import CutPasteNet
-from cutpaste.core.train import InferenceSetup, TrainConfig, Trainer, extract_features, prepare_for_inference, warn_if_unlearned
+from cutpaste.core.train import (
+    InferenceSetup,
+    TrainConfig,
+    Trainer,
+    extract_features,
+    prepare_for_inference,
+    warn_if_unlearned,
+)
 
 logger = logging.getLogger(__name__)
 
