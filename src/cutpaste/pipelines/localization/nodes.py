@@ -92,6 +92,11 @@ def _fused(localization: dict) -> bool:
     return bool((localization.get("stem") or {}).get("fuse", False)) and _normalization(localization) == "log_ratio"
 
 
+def _fusion(localization: dict) -> str:
+    """How fused maps combine the patch and stem maps (``localization.stem.fusion``: max or zsum)."""
+    return str((localization.get("stem") or {}).get("fusion", "max"))
+
+
 def _per_location(category: str, localization: dict) -> bool:
     return category in set(localization.get("per_location_categories") or [])
 
@@ -140,7 +145,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
         logger.info("%s: fitting the stem density (first-convolution responses) for fused maps%s", dataset["category"],
                     ", read per location" if per_location else "")
         localizer.fit_stem(dataset["train_images"][split["fit"]], int(stem.get("max_vectors", 100_000)), int(stem.get("seed", 0)), per_location,
-                           int(stem.get("tolerance_px", 0)), str(stem.get("fusion", "max")))
+                           int(stem.get("tolerance_px", 0)), _fusion(localization))
     elif stem.get("fuse", False):
         logger.warning("%s: localization.stem.fuse needs normalised log_ratio maps (normalize: true, normalize_statistic: log_ratio); "
                        "the maps stay unfused", dataset["category"])
@@ -180,7 +185,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
     fused = _fused(localization)
     labels = index.loc[index["split"] == "test", "label"].to_numpy()
     normalization = _normalization(localization)
-    fusion = str((localization.get("stem") or {}).get("fusion", "max"))
+    fusion = _fusion(localization)
     metrics = {
         "pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps),
         "image_auroc_from_map": image_auroc(labels, maps.reshape(len(maps), -1).max(1)),
