@@ -1,11 +1,13 @@
 """The localization nodes: the patch density sees the fit split, the normalisation the calibration split only."""
 
 import numpy as np
+import pytest
 import torch
 
 from cutpaste.core.aligned import aligned_object_dataset
 from cutpaste.core.localize import normalization_statistics
 from cutpaste.core.models import CutPasteNet
+from cutpaste.pipelines.detection.nodes import split_training_images as detection_split
 from cutpaste.pipelines.localization import nodes
 
 LOCALIZATION = {
@@ -185,3 +187,60 @@ def test_a_category_listed_in_image_size_by_category_is_localized_at_its_own_siz
         nodes.localization_image_size("fine", {"image_size": 32, "image_size_by_category": {"fine": "big"}})
     with pytest.raises(ValueError, match="must map category names"):
         nodes.localization_image_size("fine", {"image_size": 32, "image_size_by_category": [48]})
+
+
+
+def _augment():
+    import yaml
+    from pathlib import Path
+
+    with open(Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_detection.yml") as handle:
+        return yaml.safe_load(handle)["augment"]  # the base augmentations
+
+
+def _patch_training(init, steps=0):
+    return {**LOCALIZATION, "train_patch_size": 16, "extract_patch_size": 16, "stride": 8,
+            "training": {**LOCALIZATION["training"], "init": init, "steps": steps, "batch_size": 6, "seed": 0, "checkpoint_dir": None}}
+
+
+def _encoder(state):
+    return {key: value for key, value in state.items() if key.startswith("encoder.")}
+
+
+def test_patch_model_warm_starts_from_the_image_model_encoder():
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    torch.manual_seed(1)
+    image_model = CutPasteNet(num_classes=3, head_dims=(8,))
+    image_model.encoder.bn1.running_mean.add_(0.5)  # BatchNorm statistics travel with the weights
+    warm, history = nodes.train_patch_model(dataset, split, MODEL, _patch_training("image_model"), _augment(), image_model.state_dict())
+    assert history.empty
+    for key, value in _encoder(image_model.state_dict()).items():
+        assert torch.equal(warm.state_dict()[key], value), key
+    assert not torch.equal(warm.state_dict()["head.0.weight"], image_model.state_dict()["head.0.weight"])  # head and classifier start afresh
+
+    cold, _ = nodes.train_patch_model(dataset, split, MODEL, _patch_training("random"), _augment(), image_model.state_dict())
+    assert not torch.equal(cold.state_dict()["encoder.conv1.weight"], image_model.state_dict()["encoder.conv1.weight"])
+
+    trained, history = nodes.train_patch_model(dataset, split, MODEL, _patch_training("image_model", steps=2), _augment(), image_model)
+    assert len(history) == 2 and not torch.equal(trained.state_dict()["encoder.conv1.weight"], image_model.state_dict()["encoder.conv1.weight"])
+
+
+def test_patch_model_warm_start_errors_name_the_problem():
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    with pytest.raises(ValueError, match="init must be one of random, image_model, got 'imagenet'"):
+        nodes.train_patch_model(dataset, split, MODEL, _patch_training("imagenet"), _augment(), None)
+    with pytest.raises(ValueError, match="aligned: localization.training.init is image_model but no image model"):
+        nodes.train_patch_model(dataset, split, MODEL, _patch_training("image_model"), _augment(), None)
+    other = {key: value for key, value in CutPasteNet(num_classes=3, head_dims=(8,)).state_dict().items() if key != "encoder.conv1.weight"}
+    with pytest.raises(ValueError, match=r"aligned: the image model's encoder does not fit.*data/06_models/aligned/model.pt"):
+        nodes.train_patch_model(dataset, split, MODEL, _patch_training("image_model"), _augment(), other)
+
+
+def test_image_and_patch_models_share_the_calibration_split():
+    """The warm start keeps the calibration images unseen: both splits depend on the image count alone."""
+    data = aligned_object_dataset(size=64, n_train=14, n_test_good=2, n_test_defect=3)
+    small, large = _dataset(), {"category": "aligned", "image_size": 64, "train_images": data["train_images"]}
+    threshold = {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0}
+    assert detection_split(small, threshold) == nodes.split_training_images(large, threshold)

@@ -78,6 +78,21 @@ def test_checkpoint_with_other_settings_is_not_resumed(tmp_path):
     assert history["step"].tolist() == [1, 2, 3, 4]
 
 
+def test_checkpoint_from_other_initial_weights_is_not_resumed(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    first = _trainer(steps=4, checkpoint=checkpoint)
+    first.fit(_images(), progress=False)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3, head_dims=(32,))
+    with torch.no_grad():  # same seed, config and images, another start (as a warm start from other weights)
+        next(model.parameters()).add_(1.0)
+    config = TrainConfig(steps=4, batch_size=6, seed=0, device="cpu", precision="fp32", checkpoint_every=2)
+    history = Trainer(model, build_task("3way"), Preprocess(), config, checkpoint).fit(_images(), progress=False)
+    assert history["step"].tolist() == [1, 2, 3, 4]
+    assert not torch.equal(next(model.parameters()), next(first.model.parameters()))  # trained anew, not the checkpoint's weights
+
+
 def test_bf16_autocast_step_runs_on_cpu():
     trainer = _trainer(steps=2, precision="bf16")
     assert trainer.dtype == torch.bfloat16 and trainer.memory_format == torch.channels_last

@@ -110,6 +110,15 @@ def fingerprint(images: torch.Tensor) -> str:
     return f"{tuple(images.shape)}:{digest}"
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """Content hash of a network's weights and buffers (a checkpoint resumes only from the same start)."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     """One cycle of cosine decay over ``steps``, after ``warmup_steps`` of linear warm-up when > 0."""
     warmup_steps = min(max(0, int(warmup_steps)), max(0, steps - 1))
@@ -129,7 +138,8 @@ class Trainer:
         preprocess: augmentations applied to base images before the task.
         config: optimisation and device settings.
         checkpoint_path: where a checkpoint is written every ``config.checkpoint_every`` steps and
-            read back on restart (same config only); None disables checkpoints.
+            read back on restart (same config, same images and same initial weights only); None
+            disables checkpoints.
     """
 
     def __init__(self, model: nn.Module, task: ProxyTask, preprocess: Preprocess, config: TrainConfig, checkpoint_path: str | Path | None = None) -> None:
@@ -137,6 +147,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.memory_format = resolve_memory_format(config.memory_format, self.device, self.dtype)
+        self.init_fingerprint = weights_fingerprint(model)  # random seed or warm start: resume only from the same start
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.task = task
         self.preprocess = preprocess
@@ -154,14 +165,17 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
             "step": self.step, "history": self.history, "config": asdict(self.config), "data": self.data_fingerprint,
+            "init": self.init_fingerprint,
         }
 
     def _try_resume(self) -> None:
         if self.checkpoint_path is None or not self.checkpoint_path.is_file():
             return
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if state.get("config") != asdict(self.config) or state.get("data") != self.data_fingerprint:
-            logger.warning("%s: checkpoint was made with other settings or other images; starting from scratch", self.checkpoint_path)
+        if (state.get("config") != asdict(self.config) or state.get("data") != self.data_fingerprint
+                or state.get("init") != self.init_fingerprint):
+            logger.warning("%s: checkpoint was made with other settings, other images or other initial weights; starting from scratch",
+                           self.checkpoint_path)
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -52,9 +52,38 @@ def split_training_images(dataset: dict, threshold: dict) -> dict[str, list[int]
     return _split_training_images(dataset, threshold)
 
 
-def train_patch_model(dataset: dict, split: dict, model: dict, localization: dict, augment: dict):
+PATCH_INITS = ("random", "image_model")
+
+
+def _patch_init(localization: dict) -> str:
+    init = localization["training"].get("init", "random")
+    if init not in PATCH_INITS:
+        raise ValueError(f"localization.training.init must be one of {', '.join(PATCH_INITS)}, got {init!r}")
+    return init
+
+
+def warm_start_encoder(network: torch.nn.Module, image_model: dict | torch.nn.Module, category: str) -> None:
+    """Copy the image-level model's encoder (weights and BatchNorm statistics) into the patch model.
+
+    Both are trained on the same ``fit`` images with the same proxy task, so the calibration images
+    stay unseen; the projection head and classifier start afresh.
+    """
+    state = image_model.state_dict() if isinstance(image_model, torch.nn.Module) else image_model
+    encoder = {key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")}
+    try:
+        network.encoder.load_state_dict(encoder)
+    except RuntimeError as error:
+        raise ValueError(f"{category}: the image model's encoder does not fit the patch model's (both are built from the "
+                         f"`model` parameters; was data/06_models/{category}/model.pt trained with another backbone?): {error}") from error
+
+
+def train_patch_model(dataset: dict, split: dict, model: dict, localization: dict, augment: dict, image_model: dict | None = None):
     """Train the 3-way task on random patches (crop first, then CutPaste inside the patch) of the
-    ``fit`` split of the normal training images."""
+    ``fit`` split of the normal training images.
+
+    With ``localization.training.init: image_model`` the encoder starts from ``image_model`` (the
+    category's image-level model, :func:`warm_start_encoder`); with ``random`` from a seeded random init.
+    """
     sizes = _sizes(localization, dataset["image_size"])
     config = train_config(localization["training"])
     torch.manual_seed(config.seed)
@@ -64,13 +93,19 @@ def train_patch_model(dataset: dict, split: dict, model: dict, localization: dic
     scar["length_px"] = [value * scale for value in augment["scar"]["length_px"]]
     task = build_task(augment["task"], augment.get("cutpaste"), scar)
     network = build_model(model, task.num_classes)
+    init = _patch_init(localization)
+    if init == "image_model":
+        if image_model is None:
+            raise ValueError(f"{dataset['category']}: localization.training.init is image_model but no image model was given")
+        warm_start_encoder(network, image_model, dataset["category"])
     preprocess = Preprocess(**{**augment.get("preprocess", {}), "crop_size": sizes["train_patch_size"]})
     checkpoint = None
     if localization["training"].get("checkpoint_dir"):
         from pathlib import Path
 
         checkpoint = Path(localization["training"]["checkpoint_dir"]) / dataset["category"] / f"patch_{augment['task']}_seed{config.seed}.pt"
-    logger.info("%s: patch model on %d px crops of %d px images, %d steps", dataset["category"], sizes["train_patch_size"], dataset["image_size"], config.steps)
+    logger.info("%s: patch model on %d px crops of %d px images, %d steps, encoder from %s", dataset["category"], sizes["train_patch_size"],
+                dataset["image_size"], config.steps, "the image model" if init == "image_model" else "a random init")
     history = Trainer(network, task, preprocess, config, checkpoint).fit(dataset["train_images"][split["fit"]], progress=localization["training"].get("progress", True))
     warn_if_unlearned(history, task.num_classes, f"{dataset['category']}: patch model")
     return network.cpu(), history

@@ -21,7 +21,8 @@ def create_category_pipeline(category: str) -> Pipeline:
         node(bind_category(nodes.ingest_localization, category), ["raw_data_root", "params:localization_ingest"],
              ["localization_dataset", "localization_index"], name="ingest_localization"),
         node(nodes.split_training_images, ["localization_dataset", "params:threshold"], "localization_split", name="split_localization_images"),
-        node(nodes.train_patch_model, ["localization_dataset", "localization_split", "params:model", "params:localization", "params:augment"],
+        node(nodes.train_patch_model, ["localization_dataset", "localization_split", "params:model", "params:localization", "params:augment",
+                                       "model"],  # the image-level model: the patch encoder's start with localization.training.init: image_model
              ["patch_model", "patch_training_history"], name="train_patch_model"),
         node(nodes.fit_localizer, ["patch_model", "localization_dataset", "localization_split", "params:model", "params:localization",
                                    "params:density"], "localizer", name="fit_localizer"),
