@@ -1,8 +1,11 @@
 """The localization nodes: the patch density sees the fit split, the normalisation the calibration split only."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from cutpaste.core.aligned import aligned_object_dataset
 from cutpaste.core.localize import normalization_statistics
@@ -191,9 +194,6 @@ def test_a_category_listed_in_image_size_by_category_is_localized_at_its_own_siz
 
 
 def _augment():
-    import yaml
-    from pathlib import Path
-
     with open(Path(__file__).resolve().parents[1] / "conf" / "base" / "parameters_detection.yml") as handle:
         return yaml.safe_load(handle)["augment"]  # the base augmentations
 

@@ -1,5 +1,6 @@
 """Pretrained weights, feature taps, the fine-tuning schedule and Table 3 (tiny sizes, random-init weights)."""
 
+import logging
 import urllib.error
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from cutpaste.core import report
 from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.models import CutPasteNet, PretrainedWeightsError, build_encoder, torchvision_backbone
-from cutpaste.core.transfer import DivergedError, FineTuneConfig, batchnorm_layers, fine_tune, state_fingerprint
+from cutpaste.core.train import state_fingerprint
+from cutpaste.core.transfer import DivergedError, FineTuneConfig, batchnorm_layers, fine_tune
 
 
 def _images(n=8, size=32):
@@ -130,17 +132,25 @@ def test_batchnorm_moves_when_not_frozen():
     assert {"running_mean", "running_var", "weight"} <= _changed(before, network.encoder.bn1)
 
 
-def test_fine_tuning_resumes_from_phase_checkpoints(tmp_path):
+def test_fine_tuning_resumes_from_phase_checkpoints(tmp_path, caplog):
     config = _fine_tune_config(head_epochs=1, full_epochs=2)
     torch.manual_seed(0)
     first = CutPasteNet(num_classes=3, head_dims=(8,))
     fine_tune(first, _images(), build_task("3way"), Preprocess(), config, checkpoint_dir=tmp_path, progress=False)
     assert {path.name for path in tmp_path.iterdir()} == {"head.pt", "full.pt"}
-    torch.manual_seed(1)  # another initialisation: everything must come from the checkpoints
+    torch.manual_seed(0)  # a restart builds the same initial network; both phases then resume at their last step
     second = CutPasteNet(num_classes=3, head_dims=(8,))
-    fine_tune(second, _images(), build_task("3way"), Preprocess(), config, checkpoint_dir=tmp_path, progress=False)
+    with caplog.at_level(logging.INFO, logger="cutpaste.core.train"):
+        fine_tune(second, _images(), build_task("3way"), Preprocess(), config, checkpoint_dir=tmp_path, progress=False)
+    resumed = [record.getMessage() for record in caplog.records if "resumed from" in record.getMessage()]
+    assert [message.split(" at step ")[0] for message in resumed] == [f"resumed from {tmp_path / 'head.pt'}", f"resumed from {tmp_path / 'full.pt'}"]
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), name
+
+    torch.manual_seed(1)  # another initial network (as another weights file): its checkpoints are not resumed
+    caplog.clear()
+    fine_tune(CutPasteNet(num_classes=3, head_dims=(8,)), _images(), build_task("3way"), Preprocess(), config, checkpoint_dir=tmp_path, progress=False)
+    assert not any("resumed from" in record.getMessage() for record in caplog.records)
 
 
 def test_divergence_stops_with_a_clear_error():

@@ -110,13 +110,13 @@ def fingerprint(images: torch.Tensor) -> str:
     return f"{tuple(images.shape)}:{digest}"
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """Content hash of a network's weights and buffers (a checkpoint resumes only from the same start)."""
+def state_fingerprint(module: nn.Module) -> str:
+    """Short content hash of a module's parameters and buffers (which initial weights a run started from)."""
     digest = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
+    for name, value in module.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())  # bf16 too
+    return digest.hexdigest()[:12]
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
@@ -147,7 +147,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = resolve_precision(config.precision, self.device)
         self.memory_format = resolve_memory_format(config.memory_format, self.device, self.dtype)
-        self.init_fingerprint = weights_fingerprint(model)  # random seed or warm start: resume only from the same start
+        self.init_fingerprint = state_fingerprint(model)  # random seed or warm start: resume only from the same start
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.task = task
         self.preprocess = preprocess

@@ -13,7 +13,6 @@ head's BatchNorm1d layers are new and train normally. An epoch is ``steps_per_ep
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from cutpaste.core.augment import Preprocess, ProxyTask
-from cutpaste.core.train import TrainConfig, Trainer
+from cutpaste.core.train import TrainConfig, Trainer, warn_if_unlearned
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +54,6 @@ class FineTuneConfig:
         return TrainConfig(steps=int(epochs) * int(self.steps_per_epoch), batch_size=self.batch_size, lr=lr, momentum=self.momentum,
                            weight_decay=self.weight_decay, seed=self.seed, device=self.device, precision=self.precision,
                            memory_format=self.memory_format, checkpoint_every=self.checkpoint_every)
-
-
-def state_fingerprint(module: nn.Module) -> str:
-    """Short content hash of a module's parameters and buffers (which initial weights a run started from)."""
-    digest = hashlib.sha1()
-    for name, value in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
@@ -153,4 +143,5 @@ def fine_tune(network: nn.Module, images: np.ndarray, task: ProxyTask, preproces
     network.eval()
     if not histories:
         return pd.DataFrame(columns=["step", "loss", "accuracy", "lr", "phase"])
+    warn_if_unlearned(histories[-1], task.num_classes, f"fine-tuning phase '{histories[-1]['phase'].iloc[0]}'")
     return pd.concat(histories, ignore_index=True)

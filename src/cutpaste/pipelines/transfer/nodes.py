@@ -15,8 +15,8 @@ from cutpaste.core.augment import Preprocess, build_task
 from cutpaste.core.density import GaussianDensity
 from cutpaste.core.metrics import image_auroc
 from cutpaste.core.models import CutPasteNet, PretrainedWeightsError, tap_level
-from cutpaste.core.train import extract_features
-from cutpaste.core.transfer import FineTuneConfig, fine_tune, state_fingerprint
+from cutpaste.core.train import extract_features, state_fingerprint
+from cutpaste.core.transfer import FineTuneConfig, fine_tune
 
 logger = logging.getLogger(__name__)
 
