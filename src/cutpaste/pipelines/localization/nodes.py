@@ -77,7 +77,8 @@ def warm_start_encoder(network: torch.nn.Module, image_model: dict | torch.nn.Mo
                          f"`model` parameters; was data/06_models/{category}/model.pt trained with another backbone?): {error}") from error
 
 
-def train_patch_model(dataset: dict, split: dict, model: dict, localization: dict, augment: dict, image_model: dict | None = None):
+def train_patch_model(dataset: dict, split: dict, model: dict, localization: dict, augment: dict,
+                      image_model: dict | torch.nn.Module | None = None):
     """Train the 3-way task on random patches (crop first, then CutPaste inside the patch) of the
     ``fit`` split of the normal training images.
 

@@ -1,7 +1,8 @@
 """Patch-level localization, one namespace per category, beside the image-level model (GradCAM).
 
 ``kedro run --pipelines=localization`` (or the deprecated ``--pipeline=localization``) runs the
-image-level detection pipeline too (GradCAM needs its model), then the paper's Table 2.
+image-level detection pipeline too (GradCAM needs its model, and so does the patch model when it
+starts from it: ``localization.training.init: image_model``), then the paper's Table 2.
 """
 
 from __future__ import annotations
