@@ -2,6 +2,9 @@
 
 import json
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -48,3 +51,19 @@ def test_inference_writes_heatmap_overlays_where_a_localizer_exists(trained_proj
     heatmaps = sorted((trained_project / "data/07_model_output/inference/gravel/heatmaps").glob("*.png"))
     assert len(heatmaps) == 14 and "good__000.png" in {path.name for path in heatmaps}
     assert heatmaps[0].stat().st_size > 2000
+
+
+def test_lighting_benchmark_reads_a_localization_run(trained_project):
+    """benchmarks/bench_lighting.py on the run's localizers: calibration images only, 1 % at factor 1 by construction."""
+    run_kedro(trained_project, pipeline_names=["localization"], only_missing_outputs=True)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lighting.py"
+    out = trained_project / "data/08_reporting/lighting"
+    subprocess.run([sys.executable, str(script), "--project-dir", str(trained_project), "--categories", "gravel",
+                    "--images", "4", "--factors", "0.5", "--out", str(out)], check=True, capture_output=True, text=True)
+    table = pd.read_csv(out / "lighting.csv")
+    assert set(table["map"]) == {"patch", "stem", "configured"} and sorted(set(table["factor"])) == [0.5, 1.0]
+    assert (table.loc[table["factor"] == 1.0, "above_normal_pct"] <= 1.0 + 1e-9).all()
+    assert table["above_normal_pct"].between(0, 100).all() and table["median_image_max"].notna().all()
+    missing = subprocess.run([sys.executable, str(script), "--project-dir", str(trained_project), "--categories", "nothing_here"],
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode != 0 and "nothing_here/localizer: missing; run `kedro run --pipelines=localization`" in missing.stderr
