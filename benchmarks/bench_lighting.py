@@ -3,8 +3,8 @@
 For each category of a project that has run ``kedro run --pipelines=localization``, takes the
 calibration images of its localizer (normal training images that neither the patch model nor its
 density saw; the same images set the localizer's normal levels), scales their intensities by each
-factor in ``--factors`` (1.0 is the reference) and computes the normalised patch maps, the stem
-maps and the maps as configured (fused when the localizer has a stem density). It prints and writes
+factor in ``--factors`` (1.0 is the reference) and computes the patch maps (normalised when the localizer is
+calibrated), the stem maps and the maps as configured (fused when the localizer has a stem density). It prints and writes
 to ``<out>/lighting.csv``, per category, factor and map:
 
 - ``above_normal_pct``: the share of pixels above the 99th percentile of the same map kind on the
@@ -54,9 +54,10 @@ def localization_outputs(project: Path, category: str, limit: int) -> tuple[Loca
 
 
 def maps_by_kind(localizer: Localizer, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Normalised patch maps, stem maps (when the localizer has them) and the maps as configured."""
+    """Patch maps (normalised when the localizer is calibrated), stem maps (when it has a stem density)
+    and the maps as configured."""
     registered, transforms = localizer.register(images)
-    patch = localizer.maps_from_grids(localizer.score_grids(registered, registered=True), normalized=True, transforms=transforms)
+    patch = localizer.maps_from_grids(localizer.score_grids(registered, registered=True), transforms=transforms)
     maps = {"patch": patch}
     if localizer.stem is not None:
         maps["stem"] = localizer.stem_maps(images, (registered, transforms))
