@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cutpaste.core.register import RigidRegistration, warp
+from cutpaste.pipelines.localization.nodes import _registration
 
 
 def _plate(size: int = 64) -> np.ndarray:
@@ -116,8 +117,6 @@ def test_registered_localizer_maps_overlay_the_input_and_survive_a_round_trip(tm
 
 
 def test_registration_is_built_only_for_listed_categories():
-    from cutpaste.pipelines.localization.nodes import _registration
-
     settings = {"registration": {"categories": ["plate"], "max_rotation_deg": 45, "rotation_step_deg": 3}}
     assert _registration("brick", settings) is None
     assert _registration("brick", {}) is None
@@ -144,3 +143,85 @@ def test_patches_outside_the_photo_read_as_normal_and_do_not_bias_the_calibratio
     np.testing.assert_allclose(localizer.norm_center, 3.0)  # log2(8): the fill did not enter the statistics
     maps = localizer.maps_from_grids(fill_scores[:1], transforms=transforms[:1])
     assert np.abs(maps).max() < 1e-6
+
+
+def _plate_on_a_wire(poses: np.ndarray) -> np.ndarray:
+    """The plate in the given poses, hanging on a dark wire that stays where it is in the camera frame
+    (it does not turn with the plate)."""
+    images = warp(np.repeat(_plate()[None], len(poses), 0), poses)
+    images[:, 0:16, 31:34] = (30, 30, 30)
+    return images
+
+
+def _wired_localizer(fit: np.ndarray, camera_level: bool):
+    import torch
+
+    from cutpaste.core.localize import Localizer, LocationDensity, fit_patch_density
+    from cutpaste.core.models import CutPasteNet
+
+    registration = RigidRegistration(max_rotation_deg=60).fit(fit)
+    torch.manual_seed(0)
+    model = CutPasteNet(num_classes=3, head_dims=(8,)).eval()
+    args = {"batch_size": 256, "device": "cpu", "precision": "fp32"}
+    aligned, _ = registration.align(fit)
+    density = fit_patch_density(model, aligned, LocationDensity(per_location=True, neighborhood=1), 16, 4, **args)
+    localizer = Localizer(model.state_dict(), {"head_dims": [8], "backbone": "resnet18"}, density, 64, 16, 4, 4.0, args,
+                          registration=registration, camera_level=camera_level)
+    localizer.fit_stem(fit, max_vectors=10**6, seed=0, per_location=True, tolerance=1)
+    return localizer
+
+
+def test_a_camera_frame_level_quiets_what_does_not_turn_with_the_part(tmp_path):
+    """A plate that turns on a wire that does not: registered onto the plate's pose, the wire lands in a
+    different place in every image and lights up good maps; read against the calibration images'
+    level in the camera frame it does not, a defect on the plate still does, and load() keeps it."""
+    from scipy import ndimage
+
+    from cutpaste.core.localize import Localizer
+
+    train = _plate_on_a_wire(_poses(22, seed=1))
+    fit, calibration = train[:14], train[14:]
+    leveled = _wired_localizer(fit, True)
+    good = _plate_on_a_wire(_poses(6, seed=7))
+    leveled.camera_level = False  # the same localizer calibrated without, then with, the camera-frame level
+    leveled.calibrate(calibration)
+    assert leveled.patch_camera_level is None and leveled.stem_camera_level is None
+    before = leveled.score_maps(good)
+    leveled.camera_level = True
+    leveled.calibrate(calibration)
+    assert leveled.patch_camera_level.shape == leveled.stem_camera_level.shape == (64, 64)
+    assert (leveled.patch_camera_level >= 0).all()
+    np.testing.assert_allclose(leveled.stem_camera_level, ndimage.maximum_filter(leveled._reference_stem_maps(calibration).mean(0), size=5,
+                                                                                 mode="nearest"), rtol=1e-5, atol=1e-5)
+    wire = np.zeros((64, 64), dtype=bool)
+    wire[0:16, 28:37] = True
+    after = leveled.score_maps(good)
+    assert (before[:, wire].max(1) > before[:, ~wire].max(1)).all()  # the wire was the hottest spot of every good map
+    assert (after[:, wire].max(1) < after[:, ~wire].max(1)).all()  # now it is not, in any
+    assert (after.max((1, 2)) < before.max((1, 2))).all()  # every good image's hottest spot cools down
+    defect = _plate_on_a_wire(np.array([[30.0, 2.0, 1.0]]))
+    defect[0, 40:48, 18:26] = (250, 30, 30)
+    maps = leveled.score_maps(defect)
+    peak = np.unravel_index(maps[0].argmax(), maps[0].shape)
+    assert 34 <= peak[0] <= 54 and 12 <= peak[1] <= 32, peak
+    leveled.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.camera_level and loaded.camera_tolerance == 2
+    np.testing.assert_allclose(loaded.score_maps(defect), maps, rtol=1e-5, atol=1e-5)
+    stored = dict(np.load(tmp_path / "loc" / "density.npz"))
+    np.savez(tmp_path / "loc" / "density.npz", **{key: value for key, value in stored.items() if key != "patch_camera_level"})
+    with pytest.raises(ValueError, match="patch_camera_level is missing"):
+        Localizer.load(tmp_path / "loc")
+    with pytest.raises(ValueError, match="needs a registering localizer"):
+        Localizer({}, {}, None, 64, 16, 4, 4.0, {}, camera_level=True)
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        Localizer({}, {}, None, 64, 16, 4, 4.0, {}, registration=object(), camera_level=True, camera_tolerance=-1)
+
+
+def test_camera_level_settings_stay_out_of_the_registration():
+    from cutpaste.pipelines.localization.nodes import _camera_level
+
+    settings = {"registration": {"categories": ["plate"], "max_rotation_deg": 45, "camera_level": True, "camera_level_tolerance_px": 3}}
+    assert _registration("plate", settings).max_rotation_deg == 45
+    assert _camera_level(settings) == {"camera_level": True, "camera_tolerance": 3}
+    assert _camera_level({}) == {"camera_level": False, "camera_tolerance": 2}

@@ -454,6 +454,17 @@ class Localizer:
     ``stem_tolerance`` px: a pixel's level is the highest level within that distance, so an edge that
     registration leaves a pixel or two off its place still reads as normal.
 
+    Camera-frame level (``camera_level``, registered localizers only): what does not turn with the part
+    (the wire it hangs on, a fixture, a fixed highlight) has no fixed place in the reference pose and
+    lights up every map. The normalised patch map, warped back onto the input image, is read against a
+    second level in the input (camera) frame: the mean of the calibration images' patch maps at that
+    pixel, the highest within ``camera_tolerance`` px, where it is above 0 (a pixel the calibration
+    images read as normal is left as it is). The per-location stem map reads the lower of its two
+    readings: against the level in the reference pose (above) and against the level in the camera frame
+    (log2 stem score minus the calibration images' mean log2 stem score at that input pixel, the highest
+    within ``camera_tolerance`` px): a pixel is normal if it is normal where the part is or where the
+    camera is. The fusion references come from the maps so read.
+
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
 
@@ -462,8 +473,14 @@ class Localizer:
                  norm_center: np.ndarray | None = None, norm_scale: np.ndarray | None = None, norm_statistic: str | None = None,
                  registration: RigidRegistration | None = None, stem: GaussianDensity | None = None,
                  fusion_references: dict[str, float] | None = None, stem_per_location: bool = False,
-                 stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max") -> None:
+                 stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max",
+                 camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
+                 stem_camera_level: np.ndarray | None = None) -> None:
         check_fusion(fusion)
+        if camera_level and registration is None:
+            raise ValueError("a camera-frame level (camera_level) needs a registering localizer: without registration every map is read in the camera frame already")
+        if camera_tolerance < 0:
+            raise ValueError(f"the camera-frame level's tolerance must be >= 0 px, got {camera_tolerance}")
         self.state_dict, self.model_config, self.density = state_dict, model_config, density
         self.image_size, self.patch_size, self.stride, self.sigma = image_size, patch_size, stride, sigma
         self.embed_args = embed_args
@@ -472,6 +489,8 @@ class Localizer:
         self.stem, self.fusion_references = stem, dict(fusion_references or {})
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(stem_per_location), stem_center, int(stem_tolerance)
         self.fusion = fusion
+        self.camera_level, self.camera_tolerance = bool(camera_level), int(camera_tolerance)
+        self.patch_camera_level, self.stem_camera_level = patch_camera_level, stem_camera_level
 
     @property
     def normalized(self) -> bool:
@@ -533,16 +552,38 @@ class Localizer:
         calibration images whose registered patch there lies inside the photo."""
         images, transforms = self.register(calibration_images)
         grids = self.score_grids(images, progress=progress, registered=True)
+        self.patch_camera_level = self.stem_camera_level = None
         self.set_normalization(grids, statistic, transforms)
+        patch = self.maps_from_grids(grids, normalized=True, transforms=transforms)
+        if self.camera_level:
+            self.patch_camera_level = np.maximum(self._camera_frame_level(patch), 0.0)
+            patch = patch - self.patch_camera_level
         if self.stem is not None:
             if self.stem_per_location:  # the level from the calibration images' stem maps, then those maps read against it
                 reference = self._reference_stem_maps(images)
                 self.set_stem_center(reference, transforms)
                 stem = self._against_level(reference, transforms)
+                if self.camera_level:  # and against the calibration images' level where the camera sees them
+                    camera = self._reference_stem_maps(calibration_images)
+                    self.stem_camera_level = self._camera_frame_level(camera)
+                    stem = np.minimum(stem, camera - self.stem_camera_level)
             else:
                 stem = self.stem_maps(calibration_images)
-            self.set_fusion_references(self.maps_from_grids(grids, normalized=True, transforms=transforms), stem)
+            self.set_fusion_references(patch, stem)
         return grids
+
+    def _camera_frame_level(self, calibration_maps: np.ndarray) -> np.ndarray:
+        """(S, S) input-frame level of (K, S, S) calibration maps: their mean per pixel, the highest within
+        ``camera_tolerance`` px."""
+        maps = np.asarray(calibration_maps, dtype=np.float64)
+        if maps.ndim != 3 or len(maps) < 2:
+            raise ValueError(f"need (K >= 2, S, S) calibration maps for a camera-frame level, got shape {maps.shape}")
+        level = maps.mean(0)
+        if self.camera_tolerance:
+            from scipy import ndimage
+
+            level = ndimage.maximum_filter(level, size=2 * self.camera_tolerance + 1, mode="nearest")
+        return level.astype(np.float32)
 
     @property
     def fused(self) -> bool:
@@ -612,7 +653,8 @@ class Localizer:
     def stem_maps(self, images: np.ndarray, registered: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`);
         per location, minus each pixel's normal level (computed in the reference pose, warped back
-        onto the input images; pixels whose stem filter reaches outside the photo read 0).
+        onto the input images; pixels whose stem filter reaches outside the photo read 0), and with a
+        camera-frame level the lower of that and the log2 stem score minus the camera-frame level.
         ``registered``: the images' :meth:`register` result when the caller has it already."""
         if self.stem is None:
             raise ValueError("this localizer has no stem density (fit_stem)")
@@ -620,7 +662,10 @@ class Localizer:
         if not self.stem_per_location:
             return self._reference_stem_maps(images)
         aligned, transforms = registered if registered is not None else self.register(images)
-        return self._against_level(self._reference_stem_maps(aligned), transforms)
+        maps = self._against_level(self._reference_stem_maps(aligned), transforms)
+        if self.stem_camera_level is not None and transforms is not None:  # normal where the part is or where the camera is
+            maps = np.minimum(maps, self._reference_stem_maps(images) - self.stem_camera_level)
+        return maps
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
         """Each component's references from its normal calibration pixels (log2 units): the 99th percentile
@@ -678,6 +723,8 @@ class Localizer:
         maps = np.pad(maps, ((0, 0), (0, pad), (0, pad)), mode="edge").astype(np.float32) if pad else maps.astype(np.float32)
         if transforms is not None:
             maps = warp(maps, transforms, inverse=True)
+            if normalized and self.patch_camera_level is not None:
+                maps = (maps - self.patch_camera_level).astype(np.float32)
         return maps
 
     def score_maps(self, images: np.ndarray, progress: bool = False, normalized: bool | None = None) -> np.ndarray:
@@ -710,13 +757,17 @@ class Localizer:
             arrays.update({f"stem_{key}": value for key, value in self.stem.to_arrays().items()})
         if self.stem_center is not None:
             arrays.update(stem_center=self.stem_center)
+        for name in ("patch_camera_level", "stem_camera_level"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         np.savez(folder / "density.npz", **arrays)
         meta = {"model_config": self.model_config, "image_size": self.image_size, "patch_size": self.patch_size,
                 "stride": self.stride, "sigma": self.sigma, "embed_args": self.embed_args, "grid": self.density.grid_,
                 "density": self.density.settings(), "normalization": self.norm_statistic,
                 "registration": None if self.registration is None else self.registration.settings(),
                 "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
-                "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion}
+                "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion,
+                "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -741,12 +792,18 @@ class Localizer:
             registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"])
         stem = None
         if meta.get("stem"):
-            stem_arrays = {key[len("stem_"):]: value for key, value in arrays.items() if key.startswith("stem_") and key != "stem_center"}
+            stem_arrays = {key[len("stem_"):]: value for key, value in arrays.items()
+                           if key.startswith("stem_") and key not in ("stem_center", "stem_camera_level")}
             if not stem_arrays:
                 raise ValueError(f"{folder / 'density.npz'}: localizer.json has a stem density but its stem_* arrays are missing")
             stem = GaussianDensity.from_arrays(meta["stem"], stem_arrays)
+        camera_level = bool(meta.get("camera_level", False))
+        if camera_level and normalization and "patch_camera_level" not in arrays:
+            raise ValueError(f"{folder / 'density.npz'}: localizer.json says calibrated with a camera-frame level but patch_camera_level is missing")
         state_dict = torch.load(folder / "patch_model.pt", map_location="cpu", weights_only=True)
         return cls(state_dict, meta["model_config"], density, meta["image_size"], meta["patch_size"], meta["stride"], meta["sigma"],
                    meta["embed_args"], **normalization, registration=registration, stem=stem, fusion_references=meta.get("fusion_references"),
                    stem_per_location=bool(meta.get("stem_per_location", False)), stem_center=arrays.get("stem_center"),
-                   stem_tolerance=int(meta.get("stem_tolerance", 0)), fusion=str(meta.get("fusion", "max")))
+                   stem_tolerance=int(meta.get("stem_tolerance", 0)), fusion=str(meta.get("fusion", "max")),
+                   camera_level=camera_level, camera_tolerance=int(meta.get("camera_tolerance", 2)),
+                   patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"))

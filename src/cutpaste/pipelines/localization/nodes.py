@@ -145,13 +145,25 @@ def _location_density(category: str, localization: dict, density: dict) -> Locat
                            neighborhood=int(storage.get("neighborhood", 0)))
 
 
+CAMERA_LEVEL_KEYS = ("camera_level", "camera_level_tolerance_px")
+
+
 def _registration(category: str, localization: dict):
     """An unfitted :class:`RigidRegistration` for the categories listed under
     ``localization.registration.categories`` (parts that rotate or move), else None."""
     settings = dict(localization.get("registration") or {})
+    for key in CAMERA_LEVEL_KEYS:
+        settings.pop(key, None)
     if category not in set(settings.pop("categories", None) or []):
         return None
     return RigidRegistration(**settings)
+
+
+def _camera_level(localization: dict) -> dict:
+    """The camera-frame level's settings for a registering localizer (``localization.registration.camera_level``,
+    ``camera_level_tolerance_px``)."""
+    settings = localization.get("registration") or {}
+    return {"camera_level": bool(settings.get("camera_level", False)), "camera_tolerance": int(settings.get("camera_level_tolerance_px", 2))}
 
 
 def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, localization: dict, density: dict) -> localize.Localizer:
@@ -173,7 +185,8 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     fitted = localize.fit_patch_density(load_model(state_dict, model), fit_images, location_density,
                                         sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
-                                   sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration)
+                                   sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
+                                   **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
     stem = localization.get("stem") or {}
     if _fused(localization):
