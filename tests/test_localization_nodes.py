@@ -244,3 +244,19 @@ def test_image_and_patch_models_share_the_calibration_split():
     small, large = _dataset(), {"category": "aligned", "image_size": 64, "train_images": data["train_images"]}
     threshold = {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0}
     assert detection_split(small, threshold) == nodes.split_training_images(large, threshold)
+
+
+def test_aligned_categories_train_their_patch_model_for_aligned_steps():
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    settings = _patch_training("random", steps=1)
+    settings["training"]["aligned_steps"] = 2
+    _, history = nodes.train_patch_model(dataset, split, MODEL, settings, _augment())
+    assert len(history) == 2  # "aligned" is a per-location category
+    _, history = nodes.train_patch_model({**dataset, "category": "texture"}, split, MODEL, settings, _augment())
+    assert len(history) == 1
+    settings["training"]["aligned_steps"] = None
+    assert nodes._patch_training("aligned", settings)["steps"] == 1
+    settings["training"]["aligned_steps"] = "many"
+    with pytest.raises(ValueError, match="aligned_steps must be a whole number"):
+        nodes.train_patch_model(dataset, split, MODEL, settings, _augment())

@@ -77,6 +77,18 @@ def warm_start_encoder(network: torch.nn.Module, image_model: dict | torch.nn.Mo
                          f"`model` parameters; was data/06_models/{category}/model.pt trained with another backbone?): {error}") from error
 
 
+def _patch_training(category: str, localization: dict) -> dict:
+    """The patch model's training settings for a category: ``aligned_steps`` (when set) replaces ``steps``
+    for the per-location (aligned) categories."""
+    training = dict(localization["training"])
+    aligned_steps = training.pop("aligned_steps", None)
+    if aligned_steps is not None and _per_location(category, localization):
+        if not isinstance(aligned_steps, int) or isinstance(aligned_steps, bool) or aligned_steps < 0:
+            raise ValueError(f"localization.training.aligned_steps must be a whole number of steps >= 0 or null, got {aligned_steps!r}")
+        training["steps"] = aligned_steps
+    return training
+
+
 def train_patch_model(dataset: dict, split: dict, model: dict, localization: dict, augment: dict,
                       image_model: dict | torch.nn.Module | None = None):
     """Train the 3-way task on random patches (crop first, then CutPaste inside the patch) of the
@@ -84,9 +96,10 @@ def train_patch_model(dataset: dict, split: dict, model: dict, localization: dic
 
     With ``localization.training.init: image_model`` the encoder starts from ``image_model`` (the
     category's image-level model, :func:`warm_start_encoder`); with ``random`` from a seeded random init.
+    ``localization.training.aligned_steps`` (when set) replaces ``steps`` for the per-location (aligned) categories.
     """
     sizes = _sizes(localization, dataset["image_size"])
-    config = train_config(localization["training"])
+    config = train_config(_patch_training(dataset["category"], localization))
     torch.manual_seed(config.seed)
     scale = dataset["image_size"] / 256  # scars keep their size in working-image pixels, not in patch pixels
     scar = {**augment.get("scar", {}), "reference_size": sizes["train_patch_size"]}
