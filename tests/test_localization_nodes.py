@@ -260,3 +260,31 @@ def test_aligned_categories_train_their_patch_model_for_aligned_steps():
     settings["training"]["aligned_steps"] = "many"
     with pytest.raises(ValueError, match="aligned_steps must be a whole number"):
         nodes.train_patch_model(dataset, split, MODEL, settings, _augment())
+
+
+def test_intensity_normalised_maps_hold_when_the_lighting_dims(tmp_path):
+    """With localization.normalize_intensity every image is scaled to the fit images' median grey level
+    before the localizer sees it: a good image under a 20 % dimmer lamp gives about its own map, where
+    without it the map moves; the reference is a fit-split figure and survives a round trip."""
+    from cutpaste.core.localize import Localizer, intensity_levels, normalize_intensity
+
+    torch.manual_seed(0)
+    state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0, "per_location": True}}
+    plain = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
+    leveled = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "normalize_intensity": True}, DENSITY)
+    assert plain.intensity_reference is None
+    assert leveled.intensity_reference == np.median(intensity_levels(dataset["train_images"][split["fit"]]))
+    good = dataset["test_images"][:2]
+    dim = np.rint(good * 0.8).astype(np.uint8)
+    np.testing.assert_allclose(np.median(intensity_levels(normalize_intensity(dim, 100.0))), 100.0, atol=1.0)
+    moved = {name: np.abs(localizer.score_maps(dim) - localizer.score_maps(good)).mean() for name, localizer in (("plain", plain), ("leveled", leveled))}
+    assert moved["leveled"] < 0.25 * moved["plain"], moved
+    leveled.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.intensity_reference == leveled.intensity_reference
+    np.testing.assert_allclose(loaded.score_maps(dim), leveled.score_maps(dim), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positive grey level"):
+        normalize_intensity(good, 0.0)

@@ -421,6 +421,25 @@ def scaled(value_at_256: int, image_size: int) -> int:
     return max(1, int(math.floor(value_at_256 * image_size / 256 + 0.5)))
 
 
+def intensity_levels(images: np.ndarray) -> np.ndarray:
+    """(N, S, S, C) uint8 -> (N,) each image's median grey level (the mean over channels)."""
+    images = np.asarray(images)
+    return np.array([np.median(image.mean(-1)) for image in images], dtype=np.float64)
+
+
+def normalize_intensity(images: np.ndarray, reference: float) -> np.ndarray:
+    """Scale each (S, S, C) uint8 image so that its median grey level is ``reference`` (a lamp that dims or
+    an exposure that changes scales every pixel by a factor; this undoes the factor). Pixels clip at 255."""
+    if not (np.isfinite(reference) and reference > 0):
+        raise ValueError(f"the intensity reference must be a positive grey level, got {reference}")
+    images = np.asarray(images)
+    out = np.empty_like(images)
+    for index, (image, level) in enumerate(zip(images, intensity_levels(images), strict=True)):
+        factor = reference / max(level, 1.0)
+        out[index] = np.clip(np.rint(image.astype(np.float32) * factor), 0, 255).astype(images.dtype)
+    return out
+
+
 COVERAGE_MIN = 0.98  # a registered patch with less of its area inside the input photo gets the normal score
 FUSION_QUANTILE = 0.99  # "max" fusion: each map component is read in log2 units above this quantile of its calibration pixels
 STEM_BATCH_IMAGES = 8  # images per stem pass: at 256 px, 8 x 128 x 128 locations of 64 responses (67 MB in float64)
@@ -465,6 +484,11 @@ class Localizer:
     within ``camera_tolerance`` px): a pixel is normal if it is normal where the part is or where the
     camera is. The fusion references come from the maps so read.
 
+    Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
+    median grey level is that reference, the fit images' median level (:func:`normalize_intensity`), so a
+    lamp that dims or an exposure that changes does not light up the maps. The density must have been
+    fitted on fit images so normalised.
+
     Saved as a folder (patch_model.pt state dict, density.npz, localizer.json); no pickle.
     """
 
@@ -475,7 +499,7 @@ class Localizer:
                  fusion_references: dict[str, float] | None = None, stem_per_location: bool = False,
                  stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max",
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
-                 stem_camera_level: np.ndarray | None = None) -> None:
+                 stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None) -> None:
         check_fusion(fusion)
         if camera_level and registration is None:
             raise ValueError("a camera-frame level (camera_level) needs a registering localizer: without registration every map is read in the camera frame already")
@@ -491,6 +515,7 @@ class Localizer:
         self.fusion = fusion
         self.camera_level, self.camera_tolerance = bool(camera_level), int(camera_tolerance)
         self.patch_camera_level, self.stem_camera_level = patch_camera_level, stem_camera_level
+        self.intensity_reference = None if intensity_reference is None else float(intensity_reference)
 
     @property
     def normalized(self) -> bool:
@@ -508,15 +533,20 @@ class Localizer:
         if images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"images are {images.shape[1:3]}, the localizer works at {self.image_size} x {self.image_size} px")
 
+    def _normalized_intensity(self, images: np.ndarray) -> np.ndarray:
+        """Input images as the density sees them: intensity-normalised when the localizer is."""
+        return images if self.intensity_reference is None else normalize_intensity(images, self.intensity_reference)
+
     def register(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(images in the density's reference pose, their (N, 3) transforms); unchanged and None
-        without registration."""
+        """(input images as the density sees them, in its reference pose, their (N, 3) transforms):
+        intensity-normalised when the localizer is, registered when it registers (else transforms None)."""
         self._check_size(images)
+        images = self._normalized_intensity(images)
         return (images, None) if self.registration is None else self.registration.align(images)
 
     def score_grids(self, images: np.ndarray, progress: bool = False, registered: bool = False) -> np.ndarray:
         """(N, S, S, 3) uint8 at ``image_size`` -> (N, G, G) raw patch scores (squared Mahalanobis), in
-        the reference pose: the images are registered first unless ``registered`` says they are."""
+        the reference pose: the images go through :meth:`register` first unless ``registered`` says they did."""
         self._check_size(images)
         if not registered:
             images, _ = self.register(images)
@@ -564,7 +594,7 @@ class Localizer:
                 self.set_stem_center(reference, transforms)
                 stem = self._against_level(reference, transforms)
                 if self.camera_level:  # and against the calibration images' level where the camera sees them
-                    camera = self._reference_stem_maps(calibration_images)
+                    camera = self._reference_stem_maps(self._normalized_intensity(calibration_images))
                     self.stem_camera_level = self._camera_frame_level(camera)
                     stem = np.minimum(stem, camera - self.stem_camera_level)
             else:
@@ -604,7 +634,7 @@ class Localizer:
         check_fusion(fusion)
         self._check_size(fit_images)
         network, setup = self._stem_network()
-        self.stem = fit_stem_density(network, fit_images, setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
+        self.stem = fit_stem_density(network, self._normalized_intensity(fit_images), setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
         self.fusion_references = {}
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
@@ -660,11 +690,11 @@ class Localizer:
             raise ValueError("this localizer has no stem density (fit_stem)")
         self._check_size(images)
         if not self.stem_per_location:
-            return self._reference_stem_maps(images)
+            return self._reference_stem_maps(self._normalized_intensity(images))
         aligned, transforms = registered if registered is not None else self.register(images)
         maps = self._against_level(self._reference_stem_maps(aligned), transforms)
         if self.stem_camera_level is not None and transforms is not None:  # normal where the part is or where the camera is
-            maps = np.minimum(maps, self._reference_stem_maps(images) - self.stem_camera_level)
+            maps = np.minimum(maps, self._reference_stem_maps(self._normalized_intensity(images)) - self.stem_camera_level)
         return maps
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
@@ -767,7 +797,8 @@ class Localizer:
                 "registration": None if self.registration is None else self.registration.settings(),
                 "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
                 "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion,
-                "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance}
+                "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
+                "intensity_reference": self.intensity_reference}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -806,4 +837,5 @@ class Localizer:
                    stem_per_location=bool(meta.get("stem_per_location", False)), stem_center=arrays.get("stem_center"),
                    stem_tolerance=int(meta.get("stem_tolerance", 0)), fusion=str(meta.get("fusion", "max")),
                    camera_level=camera_level, camera_tolerance=int(meta.get("camera_tolerance", 2)),
-                   patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"))
+                   patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"),
+                   intensity_reference=meta.get("intensity_reference"))

@@ -183,12 +183,18 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     """Patch model + density + geometry (+ normalisation), the one stored copy of the patch density.
 
     The density (one GDE per grid location for aligned objects, one shared otherwise) is fitted on
-    the ``fit`` split of the normal training images; with ``localization.normalize`` the per-location
+    the ``fit`` split of the normal training images (with ``localization.normalize_intensity``, each
+    scaled to the fit images' median grey level, and so is every image the localizer scores later); with ``localization.normalize`` the per-location
     normalisation statistics come from the ``calibration`` split alone (no test image is read).
     """
     sizes = _sizes(localization, dataset["image_size"])
     location_density = _location_density(dataset["category"], localization, density)
     fit_images = dataset["train_images"][split["fit"]]
+    intensity_reference = None
+    if localization.get("normalize_intensity", False):
+        intensity_reference = float(np.median(localize.intensity_levels(fit_images)))
+        logger.info("%s: every image scaled to the fit images' median grey level, %.1f", dataset["category"], intensity_reference)
+        fit_images = localize.normalize_intensity(fit_images, intensity_reference)
     registration = _registration(dataset["category"], localization)
     if registration is not None:
         logger.info("%s: registering images onto a reference pose (rotations up to %g degrees)", dataset["category"], registration.max_rotation_deg)
@@ -199,6 +205,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
                                         sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
+                                   intensity_reference=intensity_reference,
                                    **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
     stem = localization.get("stem") or {}
