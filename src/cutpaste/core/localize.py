@@ -440,6 +440,16 @@ def normalize_intensity(images: np.ndarray, reference: float) -> np.ndarray:
     return out
 
 
+def highest_within(level: np.ndarray, tolerance_px: int) -> np.ndarray:
+    """Each pixel's highest ``level`` within ``tolerance_px`` pixels (unchanged at 0): an edge that lands a
+    pixel or two off its place still finds its normal level."""
+    if not tolerance_px:
+        return level
+    from scipy import ndimage
+
+    return ndimage.maximum_filter(level, size=2 * tolerance_px + 1, mode="nearest")
+
+
 COVERAGE_MIN = 0.98  # a registered patch with less of its area inside the input photo gets the normal score
 FUSION_QUANTILE = 0.99  # "max" fusion: each map component is read in log2 units above this quantile of its calibration pixels
 STEM_BATCH_IMAGES = 8  # images per stem pass: at 256 px, 8 x 128 x 128 locations of 64 responses (67 MB in float64)
@@ -541,8 +551,17 @@ class Localizer:
         """(input images as the density sees them, in its reference pose, their (N, 3) transforms):
         intensity-normalised when the localizer is, registered when it registers (else transforms None)."""
         self._check_size(images)
-        images = self._normalized_intensity(images)
+        return self._align(self._normalized_intensity(images))
+
+    def _align(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return (images, None) if self.registration is None else self.registration.align(images)
+
+    def _input_frame(self, images: np.ndarray, registered: tuple[np.ndarray, np.ndarray | None] | None) -> np.ndarray:
+        """Input images as the density sees them, in the input frame: the :meth:`register` result itself
+        when it registered nothing, else the images intensity-normalised anew."""
+        if registered is not None and registered[1] is None:
+            return registered[0]
+        return self._normalized_intensity(images)
 
     def score_grids(self, images: np.ndarray, progress: bool = False, registered: bool = False) -> np.ndarray:
         """(N, S, S, 3) uint8 at ``image_size`` -> (N, G, G) raw patch scores (squared Mahalanobis), in
@@ -580,7 +599,9 @@ class Localizer:
         and the density), and with a stem density both maps' fusion references; returns their
         (K, G, G) raw patch scores. With registration, a location's statistics come from the
         calibration images whose registered patch there lies inside the photo."""
-        images, transforms = self.register(calibration_images)
+        self._check_size(calibration_images)
+        normalized = self._normalized_intensity(calibration_images)
+        images, transforms = self._align(normalized)
         grids = self.score_grids(images, progress=progress, registered=True)
         self.patch_camera_level = self.stem_camera_level = None
         self.set_normalization(grids, statistic, transforms)
@@ -594,11 +615,11 @@ class Localizer:
                 self.set_stem_center(reference, transforms)
                 stem = self._against_level(reference, transforms)
                 if self.camera_level:  # and against the calibration images' level where the camera sees them
-                    camera = self._reference_stem_maps(self._normalized_intensity(calibration_images))
+                    camera = self._reference_stem_maps(normalized)
                     self.stem_camera_level = self._camera_frame_level(camera)
                     stem = np.minimum(stem, camera - self.stem_camera_level)
             else:
-                stem = self.stem_maps(calibration_images)
+                stem = self._reference_stem_maps(normalized)
             self.set_fusion_references(patch, stem)
         return grids
 
@@ -608,12 +629,7 @@ class Localizer:
         maps = np.asarray(calibration_maps, dtype=np.float64)
         if maps.ndim != 3 or len(maps) < 2:
             raise ValueError(f"need (K >= 2, S, S) calibration maps for a camera-frame level, got shape {maps.shape}")
-        level = maps.mean(0)
-        if self.camera_tolerance:
-            from scipy import ndimage
-
-            level = ndimage.maximum_filter(level, size=2 * self.camera_tolerance + 1, mode="nearest")
-        return level.astype(np.float32)
+        return highest_within(maps.mean(0), self.camera_tolerance).astype(np.float32)
 
     @property
     def fused(self) -> bool:
@@ -674,11 +690,7 @@ class Localizer:
         counted = np.isfinite(maps).any(0)
         center = np.nanmean(np.where(counted, maps, 0.0), 0)
         center = np.where(counted, center, np.median(center[counted]) if counted.any() else 0.0)
-        if self.stem_tolerance:
-            from scipy import ndimage
-
-            center = ndimage.maximum_filter(center, size=2 * self.stem_tolerance + 1, mode="nearest")
-        self.stem_center = center.astype(np.float32)
+        self.stem_center = highest_within(center, self.stem_tolerance).astype(np.float32)
 
     def stem_maps(self, images: np.ndarray, registered: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, S, S) log2 stem scores (:func:`cutpaste.core.image_score.stem_maps`);
@@ -690,11 +702,11 @@ class Localizer:
             raise ValueError("this localizer has no stem density (fit_stem)")
         self._check_size(images)
         if not self.stem_per_location:
-            return self._reference_stem_maps(self._normalized_intensity(images))
+            return self._reference_stem_maps(self._input_frame(images, registered))
         aligned, transforms = registered if registered is not None else self.register(images)
         maps = self._against_level(self._reference_stem_maps(aligned), transforms)
         if self.stem_camera_level is not None and transforms is not None:  # normal where the part is or where the camera is
-            maps = np.minimum(maps, self._reference_stem_maps(self._normalized_intensity(images)) - self.stem_camera_level)
+            maps = np.minimum(maps, self._reference_stem_maps(self._input_frame(images, registered)) - self.stem_camera_level)
         return maps
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
