@@ -795,6 +795,8 @@ class Localizer:
             arrays.update(norm_center=self.norm_center, norm_scale=self.norm_scale)
         if self.registration is not None:
             arrays.update(registration_reference=self.registration.reference)
+            if self.registration.fine_reference is not None:
+                arrays.update(registration_fine_reference=self.registration.fine_reference)
         if self.stem is not None:
             arrays.update({f"stem_{key}": value for key, value in self.stem.to_arrays().items()})
         if self.stem_center is not None:
@@ -832,7 +834,11 @@ class Localizer:
         if meta.get("registration"):
             if "registration_reference" not in arrays:
                 raise ValueError(f"{folder / 'density.npz'}: localizer.json says registered but registration_reference is missing")
-            registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"])
+            if meta["registration"].get("refine") and "registration_fine_reference" not in arrays:
+                raise ValueError(f"{folder / 'density.npz'}: localizer.json says the registration refines at the full size "
+                                 "but registration_fine_reference is missing")
+            registration = RigidRegistration(**meta["registration"], reference=arrays["registration_reference"],
+                                             fine_reference=arrays.get("registration_fine_reference"))
         stem = None
         if meta.get("stem"):
             stem_arrays = {key[len("stem_"):]: value for key, value in arrays.items()

@@ -14,6 +14,13 @@ the best rotation is refined on a finer grid and the peak of the correlation giv
 (sub-pixel). The reference (:meth:`RigidRegistration.fit`) is the normal training image the other
 training images match best: a golden sample in a typical pose. Only normal training images are used.
 
+Refinement (``refine``): at ``work_size`` one pixel is several image pixels and the rotation is felt
+mostly through the blur, so an estimate can be a degree or two and a pixel or two off, and the part's
+edges then light up the maps. With ``refine`` each image, aligned by its coarse estimate, is matched
+again with the reference at the full image size: rotations within one coarse step either way in
+eighths of it, shifts within two work pixels, and the two transforms are composed (again from there
+when the best rotation lies on the edge of that range).
+
 Transforms are (angle in degrees, dy, dx in pixels of the full image): the aligned image is the
 input rotated by ``angle`` about the image centre, then shifted by (dy, dx).
 """
@@ -69,6 +76,14 @@ def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, orde
     return output
 
 
+def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N, 3) transforms: warping by ``first`` and then by ``second`` equals warping by the result
+    (angles add; the first shift turns with the second rotation)."""
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    shifts = np.stack([_rotation(angle) @ shift for angle, shift in zip(second[:, 0], first[:, 1:], strict=True)]) if len(first) else first[:, 1:]
+    return np.concatenate([first[:, :1] + second[:, :1], shifts + second[:, 1:]], 1)
+
+
 def coverage(transforms: np.ndarray, image_size: int, patch_size: int, stride: int, padding: int = 0) -> np.ndarray:
     """(N, G, G) fraction of each patch of the registered images that lies inside the input photo
     (the rest was filled in from outside it by the rotation and shift). ``padding``: patches may hang
@@ -104,10 +119,12 @@ class RigidRegistration:
         rotation_step_deg: step of the coarse rotation grid (refined to a quarter of it).
         work_size: side (px) at which the transforms are estimated.
         reference_candidates: training images tried as the reference pose.
+        refine: refine each estimate at the full image size (module docstring).
     """
 
     def __init__(self, max_rotation_deg: float = 30.0, rotation_step_deg: float = 2.0, work_size: int = 64,
-                 reference_candidates: int = 12, reference: np.ndarray | None = None, image_size: int | None = None) -> None:
+                 reference_candidates: int = 12, reference: np.ndarray | None = None, image_size: int | None = None,
+                 refine: bool = False, fine_reference: np.ndarray | None = None) -> None:
         if max_rotation_deg < 0 or rotation_step_deg <= 0 or work_size < 8 or reference_candidates < 1:
             raise ValueError(f"registration needs max_rotation_deg >= 0, rotation_step_deg > 0, work_size >= 8, "
                              f"reference_candidates >= 1; got {max_rotation_deg}, {rotation_step_deg}, {work_size}, {reference_candidates}")
@@ -115,10 +132,12 @@ class RigidRegistration:
         self.work_size, self.reference_candidates = int(work_size), int(reference_candidates)
         self.reference = None if reference is None else np.asarray(reference, dtype=np.float32)
         self.image_size = None if image_size is None else int(image_size)
+        self.refine = bool(refine)
+        self.fine_reference = None if fine_reference is None else np.asarray(fine_reference, dtype=np.float32)
 
     def settings(self) -> dict:
         return {"max_rotation_deg": self.max_rotation_deg, "rotation_step_deg": self.rotation_step_deg, "work_size": self.work_size,
-                "reference_candidates": self.reference_candidates, "image_size": self.image_size}
+                "reference_candidates": self.reference_candidates, "image_size": self.image_size, "refine": self.refine}
 
     def fit(self, images: np.ndarray) -> RigidRegistration:
         """Choose the reference pose among normal training images (N, S, S, 3): of
@@ -133,7 +152,9 @@ class RigidRegistration:
         for candidate in candidates:
             self.reference = planes[candidate]
             agreement.append(self._estimate_planes(planes)[1].mean())
-        self.reference = planes[candidates[int(np.argmax(agreement))]]
+        chosen = candidates[int(np.argmax(agreement))]
+        self.reference = planes[chosen]
+        self.fine_reference = _grey(images[chosen : chosen + 1], self.image_size)[0] if self.refine else None
         logger.info("registration: reference pose = training image %d of %d (mean correlation %.3f)",
                     candidates[int(np.argmax(agreement))], len(planes), max(agreement))
         return self
@@ -143,6 +164,8 @@ class RigidRegistration:
             raise ValueError("registration has no reference pose: call fit first")
         if images.ndim != 4 or images.shape[1] != self.image_size:
             raise ValueError(f"images are {images.shape[1:]}, the registration was fitted on {self.image_size} px images (N, S, S, 3)")
+        if self.refine and self.fine_reference is None:
+            raise ValueError("registration refines at the full size but has no full-size reference: call fit first")
 
     def _estimate_planes(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, w, w) grey planes -> ((N, 3) transforms in work-size pixels, (N,) correlation peaks)."""
@@ -156,13 +179,17 @@ class RigidRegistration:
             results[index], peaks[index] = self._best(plane, fine[np.abs(fine) <= self.max_rotation_deg + 1e-9], reference)
         return results, peaks
 
-    def _best(self, plane: np.ndarray, angles: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+    def _best(self, plane: np.ndarray, angles: np.ndarray, reference: np.ndarray, window: int | None = None) -> tuple[np.ndarray, float]:
         """The rotation of ``angles`` whose correlation with the reference peaks highest, the shift at
-        that peak (sub-pixel), and the peak value."""
+        that peak (sub-pixel; within ``window`` px either way when given), and the peak value."""
         zeros = np.zeros_like(angles)
         rotated = warp(np.repeat(plane[None], len(angles), 0), np.stack([angles, zeros, zeros], 1))
         correlation = np.fft.irfft2(reference[None] * np.conj(np.fft.rfft2(_prepare(rotated))), s=plane.shape)
         flat = correlation.reshape(len(angles), -1)
+        if window is not None:  # only shifts within the window (the correlation is circular: wrap the offsets)
+            offsets = [np.minimum(np.arange(n), n - np.arange(n)) for n in plane.shape]
+            inside = (offsets[0][:, None] <= window) & (offsets[1][None, :] <= window)
+            flat = np.where(inside.ravel()[None], flat, -np.inf)
         peaks = flat.argmax(1)
         best = int(flat[np.arange(len(angles)), peaks].argmax())
         peak = np.array(np.unravel_index(peaks[best], plane.shape))
@@ -184,6 +211,25 @@ class RigidRegistration:
         self._check(images)
         transforms, _ = self._estimate_planes(_grey(images, self.work_size))
         transforms[:, 1:] *= self.image_size / self.work_size
+        return self._refined(images, transforms) if self.refine else transforms
+
+    def _refined(self, images: np.ndarray, transforms: np.ndarray, passes: int = 3) -> np.ndarray:
+        """Coarse transforms refined at the full image size (module docstring): the images, aligned by
+        them, matched with the full-size reference over small rotations and shifts, then composed; an
+        image whose best rotation lies on the edge of that range is searched again from there (at most
+        ``passes`` times)."""
+        reference = np.fft.rfft2(_prepare(self.fine_reference[None]))[0]
+        angles = self.rotation_step_deg / 8 * np.arange(-8, 9)
+        window = max(1, round(2 * self.image_size / self.work_size))
+        transforms = np.array(transforms, dtype=np.float64)
+        pending = np.arange(len(images))
+        for _ in range(passes):
+            planes = _grey(warp(images[pending], transforms[pending]), self.image_size)
+            residual = np.stack([self._best(plane, angles, reference, window)[0] for plane in planes])
+            transforms[pending] = compose(transforms[pending], residual)
+            pending = pending[np.abs(residual[:, 0]) >= angles[-1] - 1e-9]
+            if not len(pending):
+                break
         return transforms
 
     def align(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
