@@ -63,6 +63,13 @@ def test_compose_equals_two_warps_in_a_row():
 
     assert difference(compose(first, second)) < 1.5  # two bilinear resamplings blur edges a little
     assert difference(first + second) > 3.0 and difference(compose(second, first)) > 3.0  # the order and the turn matter
+    zoomed = np.array([[-10.0, 1.5, 2.0, np.log(1.1)]])  # and with a zoom (fourth column: ln zoom)
+    twice = warp(warp(image, first), zoomed)
+    assert compose(first, zoomed).shape == (1, 4) and difference(compose(first, zoomed)) < 1.5
+    assert difference(compose(first, second)) > 3.0
+    np.testing.assert_array_equal(warp(image, np.zeros((1, 4))), image)
+    with pytest.raises(ValueError, match=r"\(N, 3\) or \(N, 4\)"):
+        warp(image, np.zeros((1, 2)))
     np.testing.assert_allclose(compose(first, np.zeros((1, 3))), first)
     np.testing.assert_allclose(compose(np.zeros((1, 3)), second), second)
 
@@ -82,6 +89,26 @@ def test_refinement_at_the_full_size_recovers_poses_the_coarse_grid_misses():
     assert errors[True][:, 0].max() < 0.5 and errors[True][:, 1:].max() < 0.5, errors[True]
     with pytest.raises(ValueError, match="no full-size reference"):
         RigidRegistration(refine=True, reference=np.zeros((64, 64)), image_size=128).estimate(moved)
+
+
+def test_a_zoom_search_registers_parts_that_look_larger_or_smaller():
+    """A part nearer the camera looks larger: with max_scale_change the estimate recovers the zoom (and so
+    the edges land on the reference's), where a rigid registration leaves them a few pixels off."""
+    base = _plate(128)[None]
+    truth = np.array([[12.0, 2.0, -1.0, np.log(1.1)], [-20.0, -1.5, 2.5, np.log(0.91)]])
+    moved = warp(np.repeat(base, 2, 0), truth)
+    inner = slice(20, 108)
+    errors = {}
+    for change in (0.0, 0.15):
+        registration = RigidRegistration(max_rotation_deg=30, max_scale_change=change).fit(base)
+        transforms = registration.estimate(moved)
+        assert transforms.shape == ((2, 4) if change else (2, 3))
+        if change:
+            assert np.abs(compose(truth, transforms)[:, 3]).max() < np.log(1.02)  # the zoom, within 2 %
+        errors[change] = np.abs(warp(moved, transforms)[:, inner, inner].astype(float) - base[:, inner, inner]).mean()
+    assert errors[0.15] < 0.5 * errors[0.0], errors
+    with pytest.raises(ValueError, match="max_scale_change < 1"):
+        RigidRegistration(max_scale_change=1.5)
 
 
 def test_fit_picks_a_typical_pose_and_registration_reduces_the_spread_of_training_images():

@@ -1,4 +1,4 @@
-"""Rigid registration of aligned objects: rotate and shift every image onto one reference pose.
+"""Registration of aligned objects: rotate, shift (and optionally zoom) every image onto one reference pose.
 
 A per-location density assumes that a grid location sees the same part of the object in every
 image. Parts that hang or lie loosely (a plate on a wire) rotate by tens of degrees and move by
@@ -21,8 +21,13 @@ again with the reference at the full image size: rotations within one coarse ste
 eighths of it, shifts within two work pixels, and the two transforms are composed (again from there
 when the best rotation lies on the edge of that range).
 
-Transforms are (angle in degrees, dy, dx in pixels of the full image): the aligned image is the
-input rotated by ``angle`` about the image centre, then shifted by (dy, dx).
+Scale (``max_scale_change``): a part that hangs nearer to or farther from the camera, or tilts, looks
+larger or smaller, and its edges again land off their place. With ``max_scale_change`` m > 0 the fine
+search (and the refinement) also tries zooms from 1 / (1 + m) to 1 + m in ``scale_step`` steps.
+
+Transforms are (angle in degrees, dy, dx in pixels of the full image[, ln zoom]): the aligned image is
+the input zoomed by exp(ln zoom) and rotated by ``angle`` about the image centre, then shifted by
+(dy, dx). Three columns mean no zoom; a row of zeros is the identity.
 """
 
 from __future__ import annotations
@@ -47,25 +52,34 @@ def _affine(plane: np.ndarray, matrix: np.ndarray, offset: np.ndarray, order: in
     return ndimage.affine_transform(plane, matrix, offset=offset, order=order, mode="constant", cval=fill)
 
 
-def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, order: int = 1, fill: float | None = None) -> np.ndarray:
-    """Apply (or with ``inverse`` undo) rigid transforms: (N, H, W[, C]) -> same shape and dtype.
+def _with_zoom(transforms: np.ndarray) -> np.ndarray:
+    """(N, 3) or (N, 4) transforms -> (N, 4), the ln zoom 0 where it was not given."""
+    transforms = np.asarray(transforms, dtype=np.float64)
+    if transforms.ndim != 2 or transforms.shape[1] not in (3, 4):
+        raise ValueError(f"transforms must be (N, 3) or (N, 4): angle, dy, dx[, ln zoom]; got shape {transforms.shape}")
+    return transforms if transforms.shape[1] == 4 else np.concatenate([transforms, np.zeros((len(transforms), 1))], 1)
 
-    Forward: a point p of the input lands at q = R(angle) (p - c) + c + t in the aligned image
-    (c the centre, t = (dy, dx)); pixels from outside the input take the nearest border value, or
+
+def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, order: int = 1, fill: float | None = None) -> np.ndarray:
+    """Apply (or with ``inverse`` undo) transforms: (N, H, W[, C]) -> same shape and dtype.
+
+    Forward: a point p of the input lands at q = z R(angle) (p - c) + c + t in the aligned image
+    (c the centre, t = (dy, dx), z the zoom); pixels from outside the input take the nearest border value, or
     ``fill`` when given (warp an image of ones with ``fill=0`` to see which pixels the input covers).
     """
-    images, transforms = np.asarray(images), np.asarray(transforms, dtype=np.float64)
+    images = np.asarray(images)
     if len(images) != len(transforms):
         raise ValueError(f"{len(images)} images but {len(transforms)} transforms")
+    transforms = _with_zoom(transforms)
     centre = (np.array(images.shape[1:3], dtype=np.float64) - 1) / 2
     output = np.empty_like(images)
-    for index, (image, (angle, dy, dx)) in enumerate(zip(images, transforms, strict=True)):
-        shift = np.array([dy, dx])
+    for index, (image, (angle, dy, dx, log_zoom)) in enumerate(zip(images, transforms, strict=True)):
+        shift, zoom = np.array([dy, dx]), float(np.exp(log_zoom))
         if inverse:  # output p reads the aligned image at q(p)
-            matrix = _rotation(angle)
+            matrix = zoom * _rotation(angle)
             offset = centre + shift - matrix @ centre
-        else:  # output q reads the input at p(q) = R(-angle) (q - c - t) + c
-            matrix = _rotation(-angle)
+        else:  # output q reads the input at p(q) = R(-angle) (q - c - t) / z + c
+            matrix = _rotation(-angle) / zoom
             offset = centre - matrix @ (centre + shift)
         planes = image[..., None] if image.ndim == 2 else image
         warped = np.stack([_affine(planes[..., channel].astype(np.float32), matrix, offset, order, fill)
@@ -77,11 +91,13 @@ def warp(images: np.ndarray, transforms: np.ndarray, inverse: bool = False, orde
 
 
 def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """(N, 3) transforms: warping by ``first`` and then by ``second`` equals warping by the result
-    (angles add; the first shift turns with the second rotation)."""
-    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
-    shifts = np.stack([_rotation(angle) @ shift for angle, shift in zip(second[:, 0], first[:, 1:], strict=True)]) if len(first) else first[:, 1:]
-    return np.concatenate([first[:, :1] + second[:, :1], shifts + second[:, 1:]], 1)
+    """Transforms: warping by ``first`` and then by ``second`` equals warping by the result (angles and
+    ln zooms add; the first shift turns and zooms with the second). (N, 4) when either has a zoom, else (N, 3)."""
+    columns = max(np.shape(first)[1], np.shape(second)[1])
+    first, second = _with_zoom(first), _with_zoom(second)
+    shifts = np.stack([np.exp(log_zoom) * _rotation(angle) @ shift
+                       for angle, log_zoom, shift in zip(second[:, 0], second[:, 3], first[:, 1:3], strict=True)]) if len(first) else first[:, 1:3]
+    return np.concatenate([first[:, :1] + second[:, :1], shifts + second[:, 1:3], first[:, 3:] + second[:, 3:]], 1)[:, :columns]
 
 
 def coverage(transforms: np.ndarray, image_size: int, patch_size: int, stride: int, padding: int = 0) -> np.ndarray:
@@ -112,7 +128,7 @@ def _prepare(planes: np.ndarray) -> np.ndarray:
 
 
 class RigidRegistration:
-    """Rotation + translation of images onto a reference pose, estimated from normal training images.
+    """Rotation + translation (+ zoom) of images onto a reference pose, estimated from normal training images.
 
     Args:
         max_rotation_deg: largest rotation searched, either way (0: translation only).
@@ -120,14 +136,20 @@ class RigidRegistration:
         work_size: side (px) at which the transforms are estimated.
         reference_candidates: training images tried as the reference pose.
         refine: refine each estimate at the full image size (module docstring).
+        max_scale_change: zooms searched, from 1 / (1 + m) to 1 + m (0: none, a rigid transform).
+        scale_step: relative step of the zoom grid (refined to half of it).
     """
 
     def __init__(self, max_rotation_deg: float = 30.0, rotation_step_deg: float = 2.0, work_size: int = 64,
                  reference_candidates: int = 12, reference: np.ndarray | None = None, image_size: int | None = None,
-                 refine: bool = False, fine_reference: np.ndarray | None = None) -> None:
+                 refine: bool = False, fine_reference: np.ndarray | None = None, max_scale_change: float = 0.0,
+                 scale_step: float = 0.02) -> None:
         if max_rotation_deg < 0 or rotation_step_deg <= 0 or work_size < 8 or reference_candidates < 1:
             raise ValueError(f"registration needs max_rotation_deg >= 0, rotation_step_deg > 0, work_size >= 8, "
                              f"reference_candidates >= 1; got {max_rotation_deg}, {rotation_step_deg}, {work_size}, {reference_candidates}")
+        if not (0 <= max_scale_change < 1 and 0 < scale_step < 1):
+            raise ValueError(f"registration needs 0 <= max_scale_change < 1 and 0 < scale_step < 1; got {max_scale_change}, {scale_step}")
+        self.max_scale_change, self.scale_step = float(max_scale_change), float(scale_step)
         self.max_rotation_deg, self.rotation_step_deg = float(max_rotation_deg), float(rotation_step_deg)
         self.work_size, self.reference_candidates = int(work_size), int(reference_candidates)
         self.reference = None if reference is None else np.asarray(reference, dtype=np.float32)
@@ -137,7 +159,20 @@ class RigidRegistration:
 
     def settings(self) -> dict:
         return {"max_rotation_deg": self.max_rotation_deg, "rotation_step_deg": self.rotation_step_deg, "work_size": self.work_size,
-                "reference_candidates": self.reference_candidates, "image_size": self.image_size, "refine": self.refine}
+                "reference_candidates": self.reference_candidates, "image_size": self.image_size, "refine": self.refine,
+                "max_scale_change": self.max_scale_change, "scale_step": self.scale_step}
+
+    def _log_zooms(self, fine: bool = False) -> np.ndarray:
+        """The ln zooms searched: the grid over +-ln(1 + max_scale_change) (``fine``: one step either way in
+        halves, around an estimate); [0] without a zoom."""
+        if not self.max_scale_change:
+            return np.zeros(1)
+        step = np.log1p(self.scale_step)
+        if fine:
+            return step / 2 * np.arange(-2, 3)
+        limit = np.log1p(self.max_scale_change)
+        count = int(np.ceil(limit / step - 1e-9))
+        return np.clip(step * np.arange(-count, count + 1), -limit, limit)
 
     def fit(self, images: np.ndarray) -> RigidRegistration:
         """Choose the reference pose among normal training images (N, S, S, 3): of
@@ -168,22 +203,28 @@ class RigidRegistration:
             raise ValueError("registration refines at the full size but has no full-size reference: call fit first")
 
     def _estimate_planes(self, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, w, w) grey planes -> ((N, 3) transforms in work-size pixels, (N,) correlation peaks)."""
+        """(N, w, w) grey planes -> ((N, 4) transforms in work-size pixels, (N,) correlation peaks): the
+        coarse rotations without a zoom, then the fine rotations around the best one with every zoom."""
         reference = np.fft.rfft2(_prepare(self.reference[None]))[0]
         count = int(np.floor(self.max_rotation_deg / self.rotation_step_deg))
         coarse = self.rotation_step_deg * np.arange(-count, count + 1)
-        results, peaks = np.zeros((len(planes), 3)), np.zeros(len(planes))
+        results, peaks = np.zeros((len(planes), 4)), np.zeros(len(planes))
         for index, plane in enumerate(planes):
             best, _ = self._best(plane, coarse, reference)
             fine = best[0] + self.rotation_step_deg / 4 * np.arange(-3, 4)
-            results[index], peaks[index] = self._best(plane, fine[np.abs(fine) <= self.max_rotation_deg + 1e-9], reference)
+            results[index], peaks[index] = self._best(plane, fine[np.abs(fine) <= self.max_rotation_deg + 1e-9], reference,
+                                                      log_zooms=self._log_zooms())
         return results, peaks
 
-    def _best(self, plane: np.ndarray, angles: np.ndarray, reference: np.ndarray, window: int | None = None) -> tuple[np.ndarray, float]:
-        """The rotation of ``angles`` whose correlation with the reference peaks highest, the shift at
-        that peak (sub-pixel; within ``window`` px either way when given), and the peak value."""
+    def _best(self, plane: np.ndarray, angles: np.ndarray, reference: np.ndarray, window: int | None = None,
+              log_zooms: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """The rotation of ``angles`` (and ln zoom of ``log_zooms``, default none) whose correlation with the
+        reference peaks highest, the shift at that peak (sub-pixel; within ``window`` px either way when
+        given), as (angle, dy, dx, ln zoom), and the peak value."""
+        log_zooms = np.zeros(1) if log_zooms is None else np.asarray(log_zooms, dtype=np.float64)
+        angles, log_zooms = (grid.ravel() for grid in np.meshgrid(angles, log_zooms))
         zeros = np.zeros_like(angles)
-        rotated = warp(np.repeat(plane[None], len(angles), 0), np.stack([angles, zeros, zeros], 1))
+        rotated = warp(np.repeat(plane[None], len(angles), 0), np.stack([angles, zeros, zeros, log_zooms], 1))
         correlation = np.fft.irfft2(reference[None] * np.conj(np.fft.rfft2(_prepare(rotated))), s=plane.shape)
         flat = correlation.reshape(len(angles), -1)
         if window is not None:  # only shifts within the window (the correlation is circular: wrap the offsets)
@@ -204,14 +245,17 @@ class RigidRegistration:
             if curvature < 0:
                 shift[axis] += float(np.clip(0.5 * (low - high) / curvature, -0.5, 0.5))
         shift = (shift + size / 2) % size - size / 2  # wrap to [-w/2, w/2)
-        return np.array([angles[best], *shift], dtype=np.float64), float(flat[best, peaks[best]])
+        return np.array([angles[best], *shift, log_zooms[best]], dtype=np.float64), float(flat[best, peaks[best]])
 
     def estimate(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) images -> (N, 3) transforms (angle deg, dy, dx in image pixels) onto the reference."""
+        """(N, S, S, 3) images -> transforms onto the reference: (N, 3) (angle deg, dy, dx in image pixels),
+        or (N, 4) with the ln zoom when zooms are searched (``max_scale_change`` > 0)."""
         self._check(images)
         transforms, _ = self._estimate_planes(_grey(images, self.work_size))
-        transforms[:, 1:] *= self.image_size / self.work_size
-        return self._refined(images, transforms) if self.refine else transforms
+        transforms[:, 1:3] *= self.image_size / self.work_size
+        if self.refine:
+            transforms = self._refined(images, transforms)
+        return transforms if self.max_scale_change else transforms[:, :3]
 
     def _refined(self, images: np.ndarray, transforms: np.ndarray, passes: int = 3) -> np.ndarray:
         """Coarse transforms refined at the full image size (module docstring): the images, aligned by
@@ -225,7 +269,7 @@ class RigidRegistration:
         pending = np.arange(len(images))
         for _ in range(passes):
             planes = _grey(warp(images[pending], transforms[pending]), self.image_size)
-            residual = np.stack([self._best(plane, angles, reference, window)[0] for plane in planes])
+            residual = np.stack([self._best(plane, angles, reference, window, self._log_zooms(fine=True))[0] for plane in planes])
             transforms[pending] = compose(transforms[pending], residual)
             pending = pending[np.abs(residual[:, 0]) >= angles[-1] - 1e-9]
             if not len(pending):
