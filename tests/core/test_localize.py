@@ -338,6 +338,35 @@ def test_per_location_stem_maps_read_each_pixel_against_its_calibration_level(tm
         tolerant.fit_stem(fit, per_location=True, tolerance=-1)
 
 
+def test_held_out_fusion_references_read_each_calibration_image_as_a_new_one(tmp_path):
+    """In sample, a calibration image reads against a level it helped set, so its readings, and the fusion
+    references taken from them, come out low. Held out, each is read against the other K - 1 images' levels.
+    With log_ratio means and no tolerance that is exactly K / (K - 1) times the in-sample reading: the
+    references scale so, and the levels themselves are unchanged."""
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import Localizer
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=6, n_test_defect=10, jitter_px=0)
+    fit, calibration = data["train_images"][:16], data["train_images"][16:]
+    count = len(calibration)
+    in_sample, held_out = _stem_localizer(fit, True), _stem_localizer(fit, True)
+    held_out.held_out_references = True
+    in_sample.calibrate(calibration)
+    held_out.calibrate(calibration)
+    np.testing.assert_allclose(held_out.norm_center, in_sample.norm_center)
+    np.testing.assert_allclose(held_out.stem_center, in_sample.stem_center)
+    for key in ("patch", "patch_sd", "stem", "stem_sd"):
+        np.testing.assert_allclose(held_out.fusion_references[key], count / (count - 1) * in_sample.fusion_references[key], rtol=1e-4)
+    assert held_out.fusion_references["patch"] > in_sample.fusion_references["patch"] > 0
+    np.testing.assert_allclose(held_out.fusion_references["patch_mean"], 0.0, atol=1e-4)  # log_ratio readings average 0 either way
+    held_out.save(tmp_path / "loc")
+    assert Localizer.load(tmp_path / "loc").held_out_references
+    few = _stem_localizer(fit, True)
+    few.held_out_references = True
+    few.calibrate(calibration[:2])  # too few to hold one out: read in sample, with a warning
+    assert few.fusion_references["patch"] > 0
+
+
 def test_per_location_stem_maps_follow_a_registered_part_and_ignore_filled_in_pixels():
     """A part that turns: the stem level is set in the reference pose, each map is warped back onto its
     input image, and pixels filled in from outside the photo neither set a level nor read one."""

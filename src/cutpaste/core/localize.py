@@ -494,6 +494,12 @@ class Localizer:
     within ``camera_tolerance`` px): a pixel is normal if it is normal where the part is or where the
     camera is. The fusion references come from the maps so read.
 
+    Held-out fusion references (``held_out_references``): in sample, each calibration image is read against
+    levels it helped set (the normalisation centre, the stem and camera-frame levels are means over the
+    calibration images), so its readings, and the fusion references from them, come out lower than a new
+    normal image's. With ``held_out_references`` each calibration image is read, for the references only,
+    against the levels the other K - 1 images set; the levels themselves stay those of all K.
+
     Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
     median grey level is that reference, the fit images' median level (:func:`normalize_intensity`), so a
     lamp that dims or an exposure that changes does not light up the maps. The density must have been
@@ -509,7 +515,8 @@ class Localizer:
                  fusion_references: dict[str, float] | None = None, stem_per_location: bool = False,
                  stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max",
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
-                 stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None) -> None:
+                 stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None,
+                 held_out_references: bool = False) -> None:
         check_fusion(fusion)
         if camera_level and registration is None:
             raise ValueError("a camera-frame level (camera_level) needs a registering localizer: without registration every map is read in the camera frame already")
@@ -526,6 +533,7 @@ class Localizer:
         self.camera_level, self.camera_tolerance = bool(camera_level), int(camera_tolerance)
         self.patch_camera_level, self.stem_camera_level = patch_camera_level, stem_camera_level
         self.intensity_reference = None if intensity_reference is None else float(intensity_reference)
+        self.held_out_references = bool(held_out_references)
 
     @property
     def normalized(self) -> bool:
@@ -603,25 +611,66 @@ class Localizer:
         normalized = self._normalized_intensity(calibration_images)
         images, transforms = self._align(normalized)
         grids = self.score_grids(images, progress=progress, registered=True)
+        stems = None
+        if self.stem is not None:  # (reference-pose stem maps for per-location levels, input-frame stem maps), each when needed
+            stems = (self._reference_stem_maps(images) if self.stem_per_location else None,
+                     self._reference_stem_maps(normalized) if not self.stem_per_location or self.camera_level else None)
+        patch, stem = self._set_levels(grids, transforms, stems, statistic)
+        if self.stem is not None:
+            if self.held_out_references:
+                if len(grids) >= 3:
+                    patch, stem = self._held_out_readings(grids, transforms, stems, statistic)
+                else:
+                    logger.warning("held-out fusion references need at least 3 calibration images, got %d: read in sample", len(grids))
+            self.set_fusion_references(patch, stem)
+        return grids
+
+    def _set_levels(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple | None, statistic: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every per-location level from the calibration images' (K, G, G) raw patch scores and their stem maps
+        (``stems``, as :meth:`calibrate` computes them): the normalisation, the camera-frame levels and the stem
+        level; returns the calibration images' patch and stem maps read against those levels."""
         self.patch_camera_level = self.stem_camera_level = None
         self.set_normalization(grids, statistic, transforms)
         patch = self.maps_from_grids(grids, normalized=True, transforms=transforms)
         if self.camera_level:
             self.patch_camera_level = np.maximum(self._camera_frame_level(patch), 0.0)
             patch = patch - self.patch_camera_level
-        if self.stem is not None:
-            if self.stem_per_location:  # the level from the calibration images' stem maps, then those maps read against it
-                reference = self._reference_stem_maps(images)
-                self.set_stem_center(reference, transforms)
-                stem = self._against_level(reference, transforms)
-                if self.camera_level:  # and against the calibration images' level where the camera sees them
-                    camera = self._reference_stem_maps(normalized)
-                    self.stem_camera_level = self._camera_frame_level(camera)
-                    stem = np.minimum(stem, camera - self.stem_camera_level)
-            else:
-                stem = self._reference_stem_maps(normalized)
-            self.set_fusion_references(patch, stem)
-        return grids
+        if stems is None:
+            return patch, None
+        reference, camera = stems
+        if self.stem_per_location:  # the level from the calibration images' stem maps
+            self.set_stem_center(reference, transforms)
+            if self.camera_level:  # and the level where the camera sees them
+                self.stem_camera_level = self._camera_frame_level(camera)
+        return patch, self._stem_reading(reference, camera, transforms)
+
+    def _held_out_readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple, statistic: str) -> tuple[np.ndarray, np.ndarray]:
+        """The calibration images' patch and stem maps, each read against the levels the other K - 1 images
+        set (as a new normal image is read): what the fusion references come from with ``held_out_references``."""
+        import copy
+
+        count = len(grids)
+        patch, stem = [], []
+        for index in range(count):
+            rest, one = np.arange(count) != index, slice(index, index + 1)
+            other = copy.copy(self)
+            other._set_levels(grids[rest], None if transforms is None else transforms[rest],
+                              tuple(None if maps is None else maps[rest] for maps in stems), statistic)
+            transform = None if transforms is None else transforms[one]
+            patch.append(other.maps_from_grids(grids[one], normalized=True, transforms=transform))
+            stem.append(other._stem_reading(*(None if maps is None else maps[one] for maps in stems), transform))
+        return np.concatenate(patch), np.concatenate(stem)
+
+    def _stem_reading(self, reference: np.ndarray | None, camera: np.ndarray | None, transforms: np.ndarray | None) -> np.ndarray:
+        """Stem maps as the localizer reads them, from the log2 stem maps in the reference pose (``reference``)
+        and in the input frame (``camera``): per location, against the level (and with a camera-frame level,
+        the lower of that and the camera-frame reading); shared, the input-frame maps themselves."""
+        if not self.stem_per_location:
+            return camera
+        maps = self._against_level(reference, transforms)
+        if self.stem_camera_level is not None and transforms is not None:  # normal where the part is or where the camera is
+            maps = np.minimum(maps, camera - self.stem_camera_level)
+        return maps
 
     def _camera_frame_level(self, calibration_maps: np.ndarray) -> np.ndarray:
         """(S, S) input-frame level of (K, S, S) calibration maps: their mean per pixel, the highest within
@@ -704,10 +753,10 @@ class Localizer:
         if not self.stem_per_location:
             return self._reference_stem_maps(self._input_frame(images, registered))
         aligned, transforms = registered if registered is not None else self.register(images)
-        maps = self._against_level(self._reference_stem_maps(aligned), transforms)
-        if self.stem_camera_level is not None and transforms is not None:  # normal where the part is or where the camera is
-            maps = np.minimum(maps, self._reference_stem_maps(self._input_frame(images, registered)) - self.stem_camera_level)
-        return maps
+        camera = None
+        if self.stem_camera_level is not None and transforms is not None:
+            camera = self._reference_stem_maps(self._input_frame(images, registered))
+        return self._stem_reading(self._reference_stem_maps(aligned), camera, transforms)
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
         """Each component's references from its normal calibration pixels (log2 units): the 99th percentile
@@ -812,7 +861,7 @@ class Localizer:
                 "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
                 "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion,
                 "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
-                "intensity_reference": self.intensity_reference}
+                "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -856,4 +905,4 @@ class Localizer:
                    stem_tolerance=int(meta.get("stem_tolerance", 0)), fusion=str(meta.get("fusion", "max")),
                    camera_level=camera_level, camera_tolerance=int(meta.get("camera_tolerance", 2)),
                    patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"),
-                   intensity_reference=meta.get("intensity_reference"))
+                   intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)))

@@ -206,6 +206,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
                                    intensity_reference=intensity_reference,
+                                   held_out_references=bool((localization.get("stem") or {}).get("held_out_references", False)),
                                    **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
     stem = localization.get("stem") or {}
