@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_budget import cpu_kind  # noqa: E402
 
-from cutpaste.core.data import IMAGE_SUFFIXES, load_image  # noqa: E402
+from cutpaste.core.data import _image_files, load_image  # noqa: E402
 from cutpaste.core.register import RigidRegistration  # noqa: E402
 
 SETTINGS = {  # name -> RigidRegistration settings beside the shared ones
@@ -49,7 +49,7 @@ def training_images(data_root: Path, category: str, image_size: int, limit: int 
     folder = data_root / category / "train" / "good"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (a category in the MVTec layout: <category>/train/good)")
-    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    paths = _image_files(folder)[:limit]
     if len(paths) < 2:
         raise ValueError(f"{folder}: {len(paths)} image(s); registration needs at least 2")
     return np.stack([load_image(path, image_size) for path in paths])

@@ -615,50 +615,50 @@ class Localizer:
         if self.stem is not None:  # (reference-pose stem maps for per-location levels, input-frame stem maps), each when needed
             stems = (self._reference_stem_maps(images) if self.stem_per_location else None,
                      self._reference_stem_maps(normalized) if not self.stem_per_location or self.camera_level else None)
-        patch, stem = self._set_levels(grids, transforms, stems, statistic)
+        self._set_levels(grids, transforms, stems, statistic)
         if self.stem is not None:
-            if self.held_out_references:
-                if len(grids) >= 3:
-                    patch, stem = self._held_out_readings(grids, transforms, stems, statistic)
-                else:
-                    logger.warning("held-out fusion references need at least 3 calibration images, got %d: read in sample", len(grids))
+            held_out = self.held_out_references and len(grids) >= 3
+            if self.held_out_references and not held_out:
+                logger.warning("held-out fusion references need at least 3 calibration images, got %d: read in sample", len(grids))
+            patch, stem = self._held_out_readings(grids, transforms, stems, statistic) if held_out else self._readings(grids, transforms, stems)
             self.set_fusion_references(patch, stem)
         return grids
 
-    def _set_levels(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple | None, statistic: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def _set_levels(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple | None, statistic: str) -> None:
         """Every per-location level from the calibration images' (K, G, G) raw patch scores and their stem maps
-        (``stems``, as :meth:`calibrate` computes them): the normalisation, the camera-frame levels and the stem
-        level; returns the calibration images' patch and stem maps read against those levels."""
+        (``stems``, as :meth:`calibrate` computes them): the normalisation, the camera-frame levels and the stem level."""
         self.patch_camera_level = self.stem_camera_level = None
         self.set_normalization(grids, statistic, transforms)
-        patch = self.maps_from_grids(grids, normalized=True, transforms=transforms)
         if self.camera_level:
-            self.patch_camera_level = np.maximum(self._camera_frame_level(patch), 0.0)
-            patch = patch - self.patch_camera_level
-        if stems is None:
-            return patch, None
-        reference, camera = stems
-        if self.stem_per_location:  # the level from the calibration images' stem maps
+            self.patch_camera_level = np.maximum(self._camera_frame_level(self.maps_from_grids(grids, normalized=True, transforms=transforms)), 0.0)
+        if stems is not None and self.stem_per_location:  # the level from the calibration images' stem maps
+            reference, camera = stems
             self.set_stem_center(reference, transforms)
             if self.camera_level:  # and the level where the camera sees them
                 self.stem_camera_level = self._camera_frame_level(camera)
-        return patch, self._stem_reading(reference, camera, transforms)
+
+    def _readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """Images' patch and stem maps read against the localizer's levels, from their raw patch scores and
+        their stem maps (``stems``, as :meth:`calibrate` computes them)."""
+        return self.maps_from_grids(grids, normalized=True, transforms=transforms), self._stem_reading(*stems, transforms)
 
     def _held_out_readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple, statistic: str) -> tuple[np.ndarray, np.ndarray]:
         """The calibration images' patch and stem maps, each read against the levels the other K - 1 images
         set (as a new normal image is read): what the fusion references come from with ``held_out_references``."""
         import copy
 
+        def subset(selection):
+            return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
+
         count = len(grids)
         patch, stem = [], []
         for index in range(count):
-            rest, one = np.arange(count) != index, slice(index, index + 1)
             other = copy.copy(self)
-            other._set_levels(grids[rest], None if transforms is None else transforms[rest],
-                              tuple(None if maps is None else maps[rest] for maps in stems), statistic)
-            transform = None if transforms is None else transforms[one]
-            patch.append(other.maps_from_grids(grids[one], normalized=True, transforms=transform))
-            stem.append(other._stem_reading(*(None if maps is None else maps[one] for maps in stems), transform))
+            rest_grids, rest_transforms, rest_stems = subset(np.arange(count) != index)
+            other._set_levels(rest_grids, rest_transforms, rest_stems, statistic)
+            one_patch, one_stem = other._readings(*subset(slice(index, index + 1)))
+            patch.append(one_patch)
+            stem.append(one_stem)
         return np.concatenate(patch), np.concatenate(stem)
 
     def _stem_reading(self, reference: np.ndarray | None, camera: np.ndarray | None, transforms: np.ndarray | None) -> np.ndarray:
