@@ -34,7 +34,9 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     # and with the zoom search and the full-size refinement; every localizer with held-out fusion references
     assert settings["gravel"]["registration"]["refine"] and settings["gravel"]["registration"]["max_scale_change"] == 0.1
     assert all(settings[category]["held_out_references"] for category in TINY_CATEGORIES)
-    assert all({"patch", "stem", "patch_sd", "stem_sd"} <= set(settings[category]["fusion_references"]) for category in TINY_CATEGORIES)
+    assert all(settings[category]["fusion_reference"] == "image_max" for category in TINY_CATEGORIES)
+    assert all({"patch", "stem", "patch_sd", "stem_sd", "patch_image_max", "stem_image_max"} <= set(settings[category]["fusion_references"])
+               for category in TINY_CATEGORIES)
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")

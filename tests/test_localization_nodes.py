@@ -75,7 +75,7 @@ def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_ca
     settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0}}
     localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
     assert localizer.fused and localizer.fusion == "max"
-    assert set(localizer.fusion_references) == {"patch", "stem", "patch_mean", "patch_sd", "stem_mean", "stem_sd"}
+    assert set(localizer.fusion_references) == {"patch", "stem", "patch_mean", "patch_sd", "stem_mean", "stem_sd", "patch_image_max", "stem_image_max"}
     calibration = dataset["train_images"][split["calibration"]]
     calibration_patch = localizer.maps_from_grids(localizer.score_grids(calibration))
     calibration_stem = localizer.stem_maps(calibration)
@@ -156,6 +156,10 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
     assert old.fusion_references["stem_sd"] == 0.0
     with pytest.raises(ValueError, match="map fusion must be one of"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "fusion": "mean"}}, DENSITY)
+    with pytest.raises(ValueError, match="localization.stem.reference: the fusion reference must be one of pixel, image_max, got 'mean'"):
+        nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "reference": "mean"}}, DENSITY)
+    with pytest.raises(ValueError, match="localization.stem.reference: .*'zsum' fusion reads the calibration pixels"):
+        nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "reference": "image_max"}}, DENSITY)
 
 
 def _write_category(root, name: str) -> None:

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -365,6 +367,70 @@ def test_held_out_fusion_references_read_each_calibration_image_as_a_new_one(tmp
     few.held_out_references = True
     few.calibrate(calibration[:2])  # too few to hold one out: read in sample, with a warning
     assert few.fusion_references["patch"] > 0
+
+
+def test_image_max_fusion_references_weigh_a_smooth_map_and_a_fine_grained_one_alike(tmp_path):
+    """Two normal maps with the same pixel distribution: a smooth one (few independent pixels, like the
+    upsampled patch map) and a fine-grained one (like the stem map). Above their pixels' 99th percentiles
+    the fine-grained map's noise decides nearly every image's maximum, and a smooth defect under it goes
+    unseen; above the median of their calibration images' maxima ("image_max") a normal image's hottest
+    pixel reads about 0 in either, and the maximum finds the defect."""
+    from scipy import ndimage
+
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import Localizer
+    from cutpaste.core.metrics import image_auroc
+
+    rng = np.random.default_rng(0)
+
+    def normal_maps(count):
+        smooth = ndimage.gaussian_filter(rng.normal(size=(count, 64, 64)), sigma=(0, 6, 6))
+        smooth = smooth / smooth.std()
+        return smooth, rng.normal(size=(count, 64, 64))
+
+    data = aligned_object_dataset(size=32, n_train=20, n_test_good=2, n_test_defect=2, jitter_px=0)
+    by_pixel = _stem_localizer(data["train_images"][:16], False)
+    by_pixel.calibrate(data["train_images"][16:])
+    by_image = Localizer(**{**vars(by_pixel), "fusion_reference": "image_max"})
+    calibration = normal_maps(40)
+    for localizer in (by_pixel, by_image):
+        localizer.set_fusion_references(*calibration)
+    references = by_image.fusion_references
+    for name, maps in zip(("patch", "stem"), calibration, strict=True):
+        assert references[f"{name}_image_max"] == pytest.approx(float(np.median(maps.reshape(40, -1).max(1))))
+    assert abs(references["patch"] - references["stem"]) < 0.2  # the same pixel distribution
+    assert references["stem_image_max"] > references["patch_image_max"] + 0.5  # but more independent pixels
+    # normal test images: with pixel references the fine-grained map decides nearly every maximum
+    patch, stem = normal_maps(60)
+    patch_wins = {name: float(((patch - loc.fusion_references[key]).reshape(60, -1).max(1)
+                               > (stem - loc.fusion_references[key.replace("patch", "stem")]).reshape(60, -1).max(1)).mean())
+                  for name, loc, key in (("pixel", by_pixel, "patch"), ("image_max", by_image, "patch_image_max"))}
+    assert patch_wins["pixel"] < 0.25 and 0.25 < patch_wins["image_max"] < 0.75
+    # a smooth defect in the patch map, as high as the smooth map's typical maximum plus its spread
+    defect_patch, defect_stem = normal_maps(60)
+    blob = np.exp(-((np.arange(64)[:, None] - 32) ** 2 + (np.arange(64)[None] - 32) ** 2) / (2 * 6.0**2))
+    defect_patch = defect_patch + 1.5 * references["patch_image_max"] * blob
+    labels = np.r_[np.zeros(60), np.ones(60)]
+    auroc = {name: image_auroc(labels, loc.fuse(np.concatenate([patch, defect_patch]), np.concatenate([stem, defect_stem])).reshape(120, -1).max(1))
+             for name, loc in (("pixel", by_pixel), ("image_max", by_image))}
+    assert auroc["image_max"] > auroc["pixel"] + 0.05
+    # stored and reloaded with the localizer; a localizer saved before the setting reads "pixel"
+    by_image.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.fusion_reference == "image_max"
+    np.testing.assert_array_equal(loaded.fuse(patch, stem), by_image.fuse(patch, stem))
+    meta = json.loads((tmp_path / "loc" / "localizer.json").read_text())
+    del meta["fusion_reference"]
+    (tmp_path / "loc" / "localizer.json").write_text(json.dumps(meta))
+    assert Localizer.load(tmp_path / "loc").fusion_reference == "pixel"
+    # a localizer without the image-level references (calibrated before them) says what it needs
+    by_image.fusion_references = {key: value for key, value in references.items() if not key.endswith("_image_max")}
+    with pytest.raises(ValueError, match="patch_image_max"):
+        by_image.fuse(patch, stem)
+    with pytest.raises(ValueError, match="fusion reference must be one of"):
+        Localizer(**{**vars(by_pixel), "fusion_reference": "image_mean"})
+    with pytest.raises(ValueError, match="\"max\" fusion"):
+        Localizer(**{**vars(by_pixel), "fusion": "zsum", "fusion_reference": "image_max"})
 
 
 def test_per_location_stem_maps_follow_a_registered_part_and_ignore_filled_in_pixels():

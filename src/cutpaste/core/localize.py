@@ -334,6 +334,16 @@ def check_statistic(statistic: str) -> None:
         raise ValueError(f"normalize statistic must be one of {NORMALIZE_STATISTICS}, got '{statistic}'")
 
 
+FUSION_REFERENCES = ("pixel", "image_max")
+
+
+def check_fusion_reference(reference: str, fusion: str = "max") -> None:
+    if reference not in FUSION_REFERENCES:
+        raise ValueError(f"the fusion reference must be one of {', '.join(FUSION_REFERENCES)}, got {reference!r}")
+    if reference != "pixel" and fusion != "max":
+        raise ValueError(f"the fusion reference {reference!r} is a reference of \"max\" fusion; {fusion!r} fusion reads the calibration pixels' mean and spread")
+
+
 def check_fusion(fusion: str) -> None:
     if fusion not in FUSIONS:
         raise ValueError(f"map fusion must be one of {FUSIONS}, got '{fusion}'")
@@ -500,6 +510,13 @@ class Localizer:
     normal image's. With ``held_out_references`` each calibration image is read, for the references only,
     against the levels the other K - 1 images set; the levels themselves stay those of all K.
 
+    Image-level fusion references (``fusion_reference="image_max"``, "max" fusion only): the map's maximum is
+    the image score, and a map's maximum over a normal image lies the further above its pixels' 99th
+    percentile the more independent pixels it has (the stem map, at a 2 px stride, has many more than the
+    smoothed patch map). With "image_max" each map is read above the median of its calibration images'
+    maxima instead, so a normal image's hottest pixel reads about 0 in either map and the fused map's
+    maximum weighs the two alike.
+
     Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
     median grey level is that reference, the fit images' median level (:func:`normalize_intensity`), so a
     lamp that dims or an exposure that changes does not light up the maps. The density must have been
@@ -516,8 +533,9 @@ class Localizer:
                  stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max",
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
                  stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None,
-                 held_out_references: bool = False) -> None:
+                 held_out_references: bool = False, fusion_reference: str = "pixel") -> None:
         check_fusion(fusion)
+        check_fusion_reference(fusion_reference, fusion)
         if camera_level and registration is None:
             raise ValueError("a camera-frame level (camera_level) needs a registering localizer: without registration every map is read in the camera frame already")
         if camera_tolerance < 0:
@@ -534,6 +552,7 @@ class Localizer:
         self.patch_camera_level, self.stem_camera_level = patch_camera_level, stem_camera_level
         self.intensity_reference = None if intensity_reference is None else float(intensity_reference)
         self.held_out_references = bool(held_out_references)
+        self.fusion_reference = str(fusion_reference)
 
     @property
     def normalized(self) -> bool:
@@ -697,6 +716,7 @@ class Localizer:
         if tolerance < 0:
             raise ValueError(f"the stem level's tolerance must be >= 0 px, got {tolerance}")
         check_fusion(fusion)
+        check_fusion_reference(self.fusion_reference, fusion)
         self._check_size(fit_images)
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, self._normalized_intensity(fit_images), setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
@@ -759,8 +779,9 @@ class Localizer:
         return self._stem_reading(self._reference_stem_maps(aligned), camera, transforms)
 
     def set_fusion_references(self, calibration_patch_maps: np.ndarray, calibration_stem_maps: np.ndarray) -> None:
-        """Each component's references from its normal calibration pixels (log2 units): the 99th percentile
-        ("max" fusion) and the mean and standard deviation ("zsum" fusion); both kinds are kept."""
+        """Each component's references from its normal calibration maps (log2 units): the 99th percentile of
+        their pixels and the median of the images' maxima ("max" fusion, ``fusion_reference`` "pixel" or
+        "image_max"), and their pixels' mean and standard deviation ("zsum" fusion); every kind is kept."""
         if self.norm_statistic != "log_ratio":
             raise ValueError("stem fusion needs log_ratio-normalised patch maps (calibrate with statistic log_ratio)")
         references = {}
@@ -769,20 +790,24 @@ class Localizer:
             spread = float(values.std())
             if self.fusion == "zsum" and not (np.isfinite(spread) and spread > 0):
                 raise ValueError(f"the calibration images' {name} maps do not vary (standard deviation {spread}): cannot fuse by z-score")
-            references.update({name: float(np.quantile(values, FUSION_QUANTILE)), f"{name}_mean": float(values.mean()), f"{name}_sd": spread})
+            references.update({name: float(np.quantile(values, FUSION_QUANTILE)), f"{name}_mean": float(values.mean()), f"{name}_sd": spread,
+                               f"{name}_image_max": float(np.median(values.reshape(len(values), -1).max(1)))})
         self.fusion_references = references
 
     def fuse(self, patch_maps: np.ndarray, stem_maps: np.ndarray) -> np.ndarray:
         """(N, S, S) normalised patch maps and log2 stem maps -> the fused maps. "max": at every pixel the
-        larger of the two, each in log2 units above its calibration pixels' 99th percentile (0 = that
-        level); "zsum": the sum of the two, each in standard deviations of its calibration pixels above
-        their mean (0 = both maps at their normal mean)."""
-        needed = {"patch", "stem"} if self.fusion == "max" else {"patch_mean", "patch_sd", "stem_mean", "stem_sd"}
+        larger of the two, each in log2 units above its reference (0 = that level): the 99th percentile of
+        its calibration pixels (``fusion_reference`` "pixel") or the median of its calibration images'
+        maxima ("image_max": 0 = as high as a typical normal image's hottest pixel); "zsum": the sum of the
+        two, each in standard deviations of its calibration pixels above their mean (0 = both maps at
+        their normal mean)."""
+        suffix = "_image_max" if self.fusion_reference == "image_max" else ""
+        needed = {f"patch{suffix}", f"stem{suffix}"} if self.fusion == "max" else {"patch_mean", "patch_sd", "stem_mean", "stem_sd"}
         if not needed <= set(self.fusion_references):
             raise ValueError(f"the {self.fusion!r} fused maps need the fusion references {sorted(needed)} (calibrate the localizer)")
         references = self.fusion_references
         if self.fusion == "max":
-            return np.maximum(patch_maps - references["patch"], stem_maps - references["stem"]).astype(np.float32)
+            return np.maximum(patch_maps - references[f"patch{suffix}"], stem_maps - references[f"stem{suffix}"]).astype(np.float32)
         return ((patch_maps - references["patch_mean"]) / references["patch_sd"]
                 + (stem_maps - references["stem_mean"]) / references["stem_sd"]).astype(np.float32)
 
@@ -861,7 +886,8 @@ class Localizer:
                 "stem": None if self.stem is None else self.stem.settings(), "fusion_references": self.fusion_references,
                 "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion,
                 "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
-                "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references}
+                "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references,
+                "fusion_reference": self.fusion_reference}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -905,4 +931,5 @@ class Localizer:
                    stem_tolerance=int(meta.get("stem_tolerance", 0)), fusion=str(meta.get("fusion", "max")),
                    camera_level=camera_level, camera_tolerance=int(meta.get("camera_tolerance", 2)),
                    patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"),
-                   intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)))
+                   intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)),
+                   fusion_reference=str(meta.get("fusion_reference", "pixel")))

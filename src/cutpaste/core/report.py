@@ -196,7 +196,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     Patch maps share one colour scale across rows. ``normalization`` names the maps' unit: "log_ratio"
     (log2 of the score over the location's normal score: 0 = normal there, 1 = twice it), "fused"
     (patch and stem maps fused: log2 above the 99th percentile of the normal calibration pixels of
-    whichever map is higher; the scale runs from the shown maps' median), "fused_zsum" (the sum of the
+    whichever map is higher; the scale runs from the shown maps' median), "fused_image_max" (the same
+    above the median of the normal calibration images' maxima), "fused_zsum" (the sum of the
     patch and stem maps' z-scores under their normal calibration pixels; the same scale) or "mean_std" /
     "median_mad" (calibration spreads above the normal level); the scale runs from 0 to
     the 99.9th percentile of the shown maps (at least 3; one hot spot does not wash out the others).
@@ -207,11 +208,11 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
         images: (K, S, S, 3) uint8; masks (K, S, S); patch_maps and gradcam_maps (K, S, S).
     """
     columns = 4 if gradcam_maps is not None else 3
-    if normalization in ("fused", "fused_zsum"):  # most pixels are normal: show from the shown maps' median
+    if normalization in ("fused", "fused_image_max", "fused_zsum"):  # most pixels are normal: show from the shown maps' median
         low = float(np.percentile(patch_maps, 50))
         patch_range = (low, max(low + 1.0, float(np.percentile(patch_maps, 99.9))))
-        patch_label = ("log2 of score / 99th pct of normal pixels" if normalization == "fused"
-                       else "patch + stem z-scores (normal pixel spreads)")
+        patch_label = {"fused": "log2 of score / 99th pct of normal pixels",
+                       "fused_image_max": "log2 of score / a normal image's max"}.get(normalization, "patch + stem z-scores (normal pixel spreads)")
     elif normalization is not None:
         patch_range = (0.0, max(3.0, float(np.percentile(patch_maps, 99.9))))
         patch_label = ("patch score (log2 of score / normal score here)" if normalization == "log_ratio"
@@ -227,7 +228,7 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
         if gradcam_maps is not None:
             cam = gradcam_maps[row] / max(float(gradcam_maps[row].max()), 1e-12)
             panels.append((image, cam, "GradCAM (image model)", (0.0, 1.0), "GradCAM / its max"))
-        title = {"fused": "patch + stem (fused)", "fused_zsum": "patch + stem (z-sum)", None: "patch model"}.get(normalization, "patch model (normalised)")
+        title = {"fused": "patch + stem (fused)", "fused_image_max": "patch + stem (fused)", "fused_zsum": "patch + stem (z-sum)", None: "patch model"}.get(normalization, "patch model (normalised)")
         panels.append((image, patch_maps[row], title, patch_range, patch_label))
         for column, (picture, heat, label, value_range, bar_label) in enumerate(panels):
             axis = axes[row, column]

@@ -146,6 +146,23 @@ def _fusion(localization: dict) -> str:
     return str((localization.get("stem") or {}).get("fusion", "max"))
 
 
+def _fusion_reference(localization: dict) -> str:
+    """The "max" fusion's reference of each map (``localization.stem.reference``: pixel or image_max)."""
+    reference = (localization.get("stem") or {}).get("reference", "pixel")
+    try:
+        localize.check_fusion_reference(reference, _fusion(localization))
+    except ValueError as error:
+        raise ValueError(f"localization.stem.reference: {error}") from error
+    return reference
+
+
+def _figure_unit(localization: dict) -> str:
+    """The fused maps' unit as :func:`cutpaste.core.report.localization_figure` names it."""
+    if _fusion(localization) != "max":
+        return "fused_zsum"
+    return "fused_image_max" if _fusion_reference(localization) == "image_max" else "fused"
+
+
 def _per_location(category: str, localization: dict) -> bool:
     return category in set(localization.get("per_location_categories") or [])
 
@@ -207,6 +224,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
                                    intensity_reference=intensity_reference,
                                    held_out_references=bool((localization.get("stem") or {}).get("held_out_references", False)),
+                                   fusion_reference=_fusion_reference(localization),
                                    **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
     stem = localization.get("stem") or {}
@@ -276,7 +294,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
-                                        f"{dataset['category']}: localization", normalization=("fused" if fusion == "max" else "fused_zsum") if fused else normalization)
+                                        f"{dataset['category']}: localization", normalization=_figure_unit(localization) if fused else normalization)
     return metrics, figure
 
 
