@@ -191,7 +191,7 @@ class RigidRegistration:
         self.reference = planes[chosen]
         self.fine_reference = _grey(images[chosen : chosen + 1], self.image_size)[0] if self.refine else None
         logger.info("registration: reference pose = training image %d of %d (mean correlation %.3f)",
-                    candidates[int(np.argmax(agreement))], len(planes), max(agreement))
+                    chosen, len(planes), max(agreement))
         return self
 
     def _check(self, images: np.ndarray) -> None:

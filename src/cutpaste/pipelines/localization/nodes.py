@@ -220,14 +220,13 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
                 "per-location" if location_density.per_location else "shared", sizes["grid"], sizes["grid"], len(split["fit"]))
     fitted = localize.fit_patch_density(load_model(state_dict, model), fit_images, location_density,
                                         sizes["extract_patch_size"], sizes["stride"], **_embed_args(localization))
+    stem = localization.get("stem") or {}
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
-                                   intensity_reference=intensity_reference,
-                                   held_out_references=bool((localization.get("stem") or {}).get("held_out_references", False)),
+                                   intensity_reference=intensity_reference, held_out_references=bool(stem.get("held_out_references", False)),
                                    fusion_reference=_fusion_reference(localization),
                                    **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
-    stem = localization.get("stem") or {}
     if _fused(localization):
         per_location = _per_location(dataset["category"], localization) and bool(stem.get("per_location", False))
         logger.info("%s: fitting the stem density (first-convolution responses) for fused maps%s", dataset["category"],
