@@ -37,6 +37,11 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     assert all(settings[category]["fusion_reference"] == "image_max" for category in TINY_CATEGORIES)
     assert all({"patch", "stem", "patch_sd", "stem_sd", "patch_image_max", "stem_image_max"} <= set(settings[category]["fusion_references"])
                for category in TINY_CATEGORIES)
+    # conf/test chooses the map component on synthetic defects in the calibration images: the choice and its scores are stored
+    for category in TINY_CATEGORIES:
+        scores = settings[category]["component_scores"]
+        assert settings[category]["component"] == scores["chosen"] in ("fused", "patch", "stem") and scores["copies"] == 1
+        assert all(0.0 <= scores[name][key] <= 1.0 for name in ("fused", "patch", "stem") for key in ("pixel_auroc", "image_auroc", "score"))
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")

@@ -160,6 +160,13 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "reference": "mean"}}, DENSITY)
     with pytest.raises(ValueError, match="localization.stem.reference: .*'zsum' fusion reads the calibration pixels"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "reference": "image_max"}}, DENSITY)
+    # a fixed map component returns that term of the fusion alone (same split, same seeds: the same references); a bad one is refused before the fit, naming the key
+    stem_only = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "component": "stem"}}, DENSITY)
+    assert stem_only.component == "stem"
+    references = localizer.fusion_references  # zsum fusion here: the stem term is its z-score
+    np.testing.assert_allclose(nodes.score_maps(stem_only, dataset, settings)[0], (stem - references["stem_mean"]) / references["stem_sd"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="localization.stem.component: the map component must be one of fused, patch, stem, got 'both' or 'synthetic'"):
+        nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "component": "both"}}, DENSITY)
 
 
 def _write_category(root, name: str) -> None:

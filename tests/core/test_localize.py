@@ -456,3 +456,51 @@ def test_per_location_stem_maps_follow_a_registered_part_and_ignore_filled_in_pi
     fixed.calibrate(turned[16:])
     assert np.abs(fixed.stem_maps(warp(data["test_images"], test_turns))[:, inner]).max() > np.abs(maps[:, inner]).max()
     assert transforms is not None
+
+
+def test_map_component_chosen_on_synthetic_defects_in_held_out_calibration_images(tmp_path):
+    """The components are the fusion's two terms; a probe made from calibration image k is read against the
+    levels the other images set (the clean images themselves, read as probes in another order, read exactly as
+    their held-out readings); the choice keeps the fused maps unless a single map scores ``margin`` higher,
+    and survives a round trip."""
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import Localizer
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=6, n_test_defect=10, jitter_px=0)
+    fit, calibration = data["train_images"][:16], data["train_images"][16:]
+    localizer = _stem_localizer(fit, True)
+    localizer.calibrate(calibration)
+    patch, stem = localizer.maps_from_grids(localizer.score_grids(data["test_images"])), localizer.stem_maps(data["test_images"])
+    terms = {"patch": patch - localizer.fusion_references["patch"], "stem": stem - localizer.fusion_references["stem"]}
+    for name, term in terms.items():
+        np.testing.assert_allclose(localizer.fuse(patch, stem, name), term, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(localizer.fuse(patch, stem), np.maximum(*terms.values()), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="map component must be one of fused, patch, stem"):
+        localizer.fuse(patch, stem, "both")
+
+    grids, transforms, stems = localizer._level_inputs(calibration)
+    order = np.arange(len(calibration))[::-1]
+    clean_patch, clean_stem, probe_patch, probe_stem = localizer._held_out_readings(
+        grids, transforms, stems, "log_ratio", probes=(order, grids[order], None, tuple(None if maps is None else maps[order] for maps in stems)))
+    np.testing.assert_allclose(probe_patch, clean_patch[order], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(probe_stem, clean_stem[order], rtol=1e-6, atol=1e-6)
+    in_sample = localizer._readings(grids, transforms, stems)
+    assert (clean_patch.mean() > in_sample[0].mean()) and not np.allclose(clean_stem, in_sample[1])  # held out, not in sample
+
+    scores = localizer.choose_component(calibration, copies=2, seed=0, margin=-1.0)  # the best, whatever the fused maps score
+    best = max(("fused", "patch", "stem"), key=lambda name: scores[name]["score"])
+    assert localizer.component == scores["chosen"] == best
+    for name in ("fused", "patch", "stem"):
+        assert 0.5 < scores[name]["pixel_auroc"] <= 1.0 and scores[name]["score"] == (scores[name]["pixel_auroc"] + scores[name]["image_auroc"]) / 2
+    assert localizer.choose_component(calibration, copies=2, seed=0, margin=1.0)["chosen"] == "fused"  # nothing beats it by 1
+    assert localizer.choose_component(calibration, copies=2, seed=0, margin=-1.0) == scores  # seeded: the same choice again
+    localizer.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.component == best and loaded.component_scores == scores
+    np.testing.assert_allclose(loaded.score_maps(data["test_images"]), localizer.fuse(patch, stem, best), rtol=1e-5, atol=1e-5)
+    unfused = _tiny_localizer(True, fit)
+    unfused.calibrate(calibration)
+    with pytest.raises(ValueError, match="fused, calibrated localizer"):
+        unfused.choose_component(calibration)
+    with pytest.raises(ValueError, match="at least 3 calibration images"):
+        localizer.choose_component(calibration[:2])

@@ -120,3 +120,26 @@ def test_old_layout_is_regenerated(tmp_path):
     manifest.write_text(json.dumps({**settings}))  # as written before the layout was recorded
     ensure_demo_category(tmp_path, "gravel", **settings)
     assert json.loads(manifest.read_text())["layout"] == "shuffled-tiles"
+
+
+def test_defective_copies_change_only_their_masks_take_the_kinds_in_turn_and_keep_grey_images_grey():
+    from cutpaste.core.synthetic import defective_copies
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(60, 200, size=(2, 48, 48, 3), dtype=np.uint8)
+    grey = np.repeat(rng.integers(60, 200, size=(1, 48, 48, 1), dtype=np.uint8), 3, -1)
+    images = np.concatenate([colour, grey])
+    copies, masks, owners = defective_copies(images, 4, seed=0)
+    assert copies.shape == (12, 48, 48, 3) and masks.shape == (12, 48, 48) and owners.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    for copy, mask, owner in zip(copies, masks, owners, strict=True):
+        changed = (copy != images[owner]).any(-1)
+        assert mask.sum() > 0
+        np.testing.assert_array_equal(changed, mask.astype(bool))  # every changed pixel is in the mask and every mask pixel changed
+    assert (copies[8:] == copies[8:, ..., :1]).all()  # a grey image gets grey defects
+    # the kinds in turn: a hole (a dark ellipse) is the fourth of each image's copies
+    assert copies[3][masks[3] > 0].mean() < images[0][masks[3] > 0].mean()
+    np.testing.assert_array_equal(defective_copies(images, 4, seed=0)[0], copies)  # seeded
+    with pytest.raises(ValueError, match="uint8"):
+        defective_copies(images.astype(np.float32), 1)
+    with pytest.raises(ValueError, match="at least one"):
+        defective_copies(images, 0)

@@ -344,6 +344,15 @@ def check_fusion_reference(reference: str, fusion: str = "max") -> None:
         raise ValueError(f"the fusion reference {reference!r} is a reference of \"max\" fusion; {fusion!r} fusion reads the calibration pixels' mean and spread")
 
 
+COMPONENTS = ("fused", "patch", "stem")
+COMPONENT_MARGIN = 0.01  # a single map replaces the fused one only if its synthetic-defect score is at least this much higher
+
+
+def check_component(component: str) -> None:
+    if component not in COMPONENTS:
+        raise ValueError(f"the map component must be one of {', '.join(COMPONENTS)}, got {component!r}")
+
+
 def check_fusion(fusion: str) -> None:
     if fusion not in FUSIONS:
         raise ValueError(f"map fusion must be one of {FUSIONS}, got '{fusion}'")
@@ -517,6 +526,11 @@ class Localizer:
     maxima instead, so a normal image's hottest pixel reads about 0 in either map and the fused map's
     maximum weighs the two alike.
 
+    Map component (``component``): the maps a fused localizer returns, "fused" (both maps, as above), or one of
+    the two terms fusion combines alone, "patch" or "stem", in the same units. :meth:`choose_component` picks it
+    per category without labels: defects from :func:`cutpaste.core.synthetic.defective_copies` pasted into the
+    calibration images, each copy read against the levels the other calibration images set.
+
     Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
     median grey level is that reference, the fit images' median level (:func:`normalize_intensity`), so a
     lamp that dims or an exposure that changes does not light up the maps. The density must have been
@@ -533,9 +547,11 @@ class Localizer:
                  stem_center: np.ndarray | None = None, stem_tolerance: int = 0, fusion: str = "max",
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
                  stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None,
-                 held_out_references: bool = False, fusion_reference: str = "pixel") -> None:
+                 held_out_references: bool = False, fusion_reference: str = "pixel", component: str = "fused",
+                 component_scores: dict | None = None) -> None:
         check_fusion(fusion)
         check_fusion_reference(fusion_reference, fusion)
+        check_component(component)
         if camera_level and registration is None:
             raise ValueError("a camera-frame level (camera_level) needs a registering localizer: without registration every map is read in the camera frame already")
         if camera_tolerance < 0:
@@ -553,6 +569,7 @@ class Localizer:
         self.intensity_reference = None if intensity_reference is None else float(intensity_reference)
         self.held_out_references = bool(held_out_references)
         self.fusion_reference = str(fusion_reference)
+        self.component, self.component_scores = str(component), component_scores
 
     @property
     def normalized(self) -> bool:
@@ -626,14 +643,7 @@ class Localizer:
         and the density), and with a stem density both maps' fusion references; returns their
         (K, G, G) raw patch scores. With registration, a location's statistics come from the
         calibration images whose registered patch there lies inside the photo."""
-        self._check_size(calibration_images)
-        normalized = self._normalized_intensity(calibration_images)
-        images, transforms = self._align(normalized)
-        grids = self.score_grids(images, progress=progress, registered=True)
-        stems = None
-        if self.stem is not None:  # (reference-pose stem maps for per-location levels, input-frame stem maps), each when needed
-            stems = (self._reference_stem_maps(images) if self.stem_per_location else None,
-                     self._reference_stem_maps(normalized) if not self.stem_per_location or self.camera_level else None)
+        grids, transforms, stems = self._level_inputs(calibration_images, progress)
         self._set_levels(grids, transforms, stems, statistic)
         if self.stem is not None:
             held_out = self.held_out_references and len(grids) >= 3
@@ -642,6 +652,20 @@ class Localizer:
             patch, stem = self._held_out_readings(grids, transforms, stems, statistic) if held_out else self._readings(grids, transforms, stems)
             self.set_fusion_references(patch, stem)
         return grids
+
+    def _level_inputs(self, images: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
+        """What the levels are set from and read against: the images' (N, G, G) raw patch scores, their
+        registration transforms (None without registration) and, with a stem density, their stem maps
+        (the reference-pose maps for per-location levels, the input-frame maps; each None when not needed)."""
+        self._check_size(images)
+        normalized = self._normalized_intensity(images)
+        aligned, transforms = self._align(normalized)
+        grids = self.score_grids(aligned, progress=progress, registered=True)
+        stems = None
+        if self.stem is not None:
+            stems = (self._reference_stem_maps(aligned) if self.stem_per_location else None,
+                     self._reference_stem_maps(normalized) if not self.stem_per_location or self.camera_level else None)
+        return grids, transforms, stems
 
     def _set_levels(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple | None, statistic: str) -> None:
         """Every per-location level from the calibration images' (K, G, G) raw patch scores and their stem maps
@@ -661,24 +685,40 @@ class Localizer:
         their stem maps (``stems``, as :meth:`calibrate` computes them)."""
         return self.maps_from_grids(grids, normalized=True, transforms=transforms), self._stem_reading(*stems, transforms)
 
-    def _held_out_readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple, statistic: str) -> tuple[np.ndarray, np.ndarray]:
+    def _held_out_readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple, statistic: str,
+                           probes: tuple | None = None) -> tuple[np.ndarray, ...]:
         """The calibration images' patch and stem maps, each read against the levels the other K - 1 images
-        set (as a new normal image is read): what the fusion references come from with ``held_out_references``."""
+        set (as a new normal image is read): what the fusion references come from with ``held_out_references``.
+        ``probes``: (owners, grids, transforms, stems) of other images, each made from calibration image
+        ``owners[i]`` and read against the levels set without it; their patch and stem maps follow."""
         import copy
 
-        def subset(selection):
+        def subset(inputs, selection):
+            grids, transforms, stems = inputs
             return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
 
         count = len(grids)
         patch, stem = [], []
+        probe_patch, probe_stem = {}, {}
         for index in range(count):
             other = copy.copy(self)
-            rest_grids, rest_transforms, rest_stems = subset(np.arange(count) != index)
-            other._set_levels(rest_grids, rest_transforms, rest_stems, statistic)
-            one_patch, one_stem = other._readings(*subset(slice(index, index + 1)))
+            other._set_levels(*subset((grids, transforms, stems), np.arange(count) != index), statistic)
+            one_patch, one_stem = other._readings(*subset((grids, transforms, stems), slice(index, index + 1)))
             patch.append(one_patch)
             stem.append(one_stem)
-        return np.concatenate(patch), np.concatenate(stem)
+            if probes is not None:
+                made = np.flatnonzero(probes[0] == index)
+                if len(made):
+                    probe_patch[index], probe_stem[index] = other._readings(*subset(probes[1:], made))
+        readings = (np.concatenate(patch), np.concatenate(stem))
+        if probes is None:
+            return readings
+        owners = np.asarray(probes[0])
+        order = np.argsort(owners, kind="stable")  # the probes as read, owner by owner -> their own order
+        read_patch, read_stem = (np.concatenate([part[index] for index in sorted(part)]) for part in (probe_patch, probe_stem))
+        restore = np.empty_like(order)
+        restore[order] = np.arange(len(order))
+        return (*readings, read_patch[restore], read_stem[restore])
 
     def _stem_reading(self, reference: np.ndarray | None, camera: np.ndarray | None, transforms: np.ndarray | None) -> np.ndarray:
         """Stem maps as the localizer reads them, from the log2 stem maps in the reference pose (``reference``)
@@ -794,22 +834,70 @@ class Localizer:
                                f"{name}_image_max": float(np.median(values.reshape(len(values), -1).max(1)))})
         self.fusion_references = references
 
-    def fuse(self, patch_maps: np.ndarray, stem_maps: np.ndarray) -> np.ndarray:
+    def fuse(self, patch_maps: np.ndarray, stem_maps: np.ndarray, component: str | None = None) -> np.ndarray:
         """(N, S, S) normalised patch maps and log2 stem maps -> the fused maps. "max": at every pixel the
         larger of the two, each in log2 units above its reference (0 = that level): the 99th percentile of
         its calibration pixels (``fusion_reference`` "pixel") or the median of its calibration images'
         maxima ("image_max": 0 = as high as a typical normal image's hottest pixel); "zsum": the sum of the
         two, each in standard deviations of its calibration pixels above their mean (0 = both maps at
-        their normal mean)."""
+        their normal mean). ``component`` (default: the localizer's): "patch" or "stem" return that map's
+        term alone, in the same units."""
         suffix = "_image_max" if self.fusion_reference == "image_max" else ""
         needed = {f"patch{suffix}", f"stem{suffix}"} if self.fusion == "max" else {"patch_mean", "patch_sd", "stem_mean", "stem_sd"}
         if not needed <= set(self.fusion_references):
             raise ValueError(f"the {self.fusion!r} fused maps need the fusion references {sorted(needed)} (calibrate the localizer)")
         references = self.fusion_references
         if self.fusion == "max":
-            return np.maximum(patch_maps - references[f"patch{suffix}"], stem_maps - references[f"stem{suffix}"]).astype(np.float32)
-        return ((patch_maps - references["patch_mean"]) / references["patch_sd"]
-                + (stem_maps - references["stem_mean"]) / references["stem_sd"]).astype(np.float32)
+            patch, stem = patch_maps - references[f"patch{suffix}"], stem_maps - references[f"stem{suffix}"]
+        else:
+            patch, stem = (patch_maps - references["patch_mean"]) / references["patch_sd"], (stem_maps - references["stem_mean"]) / references["stem_sd"]
+        component = self.component if component is None else component
+        check_component(component)
+        if component != "fused":
+            return np.asarray(patch if component == "patch" else stem, dtype=np.float32)
+        return (np.maximum(patch, stem) if self.fusion == "max" else patch + stem).astype(np.float32)
+
+    def choose_component(self, calibration_images: np.ndarray, copies: int = 4, seed: int = 0, margin: float = COMPONENT_MARGIN,
+                         progress: bool = False) -> dict[str, dict[str, float]]:
+        """Choose the maps this localizer returns (``component``) without labels, on synthetic defects.
+
+        Every calibration image gets ``copies`` defective copies (:func:`cutpaste.core.synthetic.defective_copies`,
+        seeded by ``seed``); each copy, and each clean calibration image, is read against the levels the
+        other calibration images set, as a new image is. Every candidate (fused, patch, stem) is scored by the
+        mean of its pixel AUROC (the copies' defect pixels against all other pixels, clean images included)
+        and its image AUROC (the map's maximum, copies against clean images). The fused maps are kept unless
+        a single map scores at least ``margin`` higher. Call after :meth:`calibrate`, on the same images.
+        Returns each candidate's scores (also kept as ``component_scores``)."""
+        from cutpaste.core.metrics import image_auroc, pixel_auroc
+        from cutpaste.core.synthetic import defective_copies
+
+        if not (self.fused and self.normalized):
+            raise ValueError("choosing a map component needs a fused, calibrated localizer (fit_stem, then calibrate)")
+        if len(calibration_images) < 3:
+            raise ValueError(f"choosing a map component needs at least 3 calibration images, got {len(calibration_images)}")
+        defective, masks, owners = defective_copies(calibration_images, copies, seed)
+        inputs = self._level_inputs(np.concatenate([calibration_images, defective]), progress)
+        count = len(calibration_images)
+
+        def part(selection):
+            grids, transforms, stems = inputs
+            return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
+
+        clean_patch, clean_stem, probe_patch, probe_stem = self._held_out_readings(
+            *part(slice(0, count)), self.norm_statistic, probes=(owners, *part(slice(count, None))))
+        truth = np.concatenate([np.zeros((count, *masks.shape[1:]), dtype=np.uint8), masks])
+        labels = np.r_[np.zeros(count), np.ones(len(masks))]
+        scores = {}
+        for component in COMPONENTS:
+            maps = np.concatenate([self.fuse(clean_patch, clean_stem, component), self.fuse(probe_patch, probe_stem, component)])
+            pixel, image = pixel_auroc(truth, maps), image_auroc(labels, maps.reshape(len(maps), -1).max(1))
+            scores[component] = {"pixel_auroc": pixel, "image_auroc": image, "score": (pixel + image) / 2}
+        best = max(COMPONENTS, key=lambda name: scores[name]["score"])
+        self.component = best if scores[best]["score"] >= scores["fused"]["score"] + margin else "fused"
+        self.component_scores = {**scores, "chosen": self.component, "copies": int(copies), "seed": int(seed), "margin": float(margin)}
+        logger.info("map component on synthetic defects in %d calibration images (x%d): %s -> %s", count, copies,
+                    ", ".join(f"{name} {scores[name]['pixel_auroc']:.3f}/{scores[name]['image_auroc']:.3f}" for name in COMPONENTS), self.component)
+        return self.component_scores
 
     def set_normalization(self, calibration_grids: np.ndarray, statistic: str = "log_ratio", transforms: np.ndarray | None = None) -> None:
         """The per-location normalisation from the (K, G, G) raw patch scores of normal calibration
@@ -887,7 +975,7 @@ class Localizer:
                 "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion,
                 "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
                 "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references,
-                "fusion_reference": self.fusion_reference}
+                "fusion_reference": self.fusion_reference, "component": self.component, "component_scores": self.component_scores}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -932,4 +1020,5 @@ class Localizer:
                    camera_level=camera_level, camera_tolerance=int(meta.get("camera_tolerance", 2)),
                    patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"),
                    intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)),
-                   fusion_reference=str(meta.get("fusion_reference", "pixel")))
+                   fusion_reference=str(meta.get("fusion_reference", "pixel")), component=str(meta.get("component", "fused")),
+                   component_scores=meta.get("component_scores"))

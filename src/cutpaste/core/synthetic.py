@@ -203,6 +203,34 @@ def surface_defect(image: np.ndarray, rng: np.random.Generator, kind: str) -> tu
     return result, (mask & changed).astype(np.uint8)
 
 
+def defective_copies(images: np.ndarray, copies: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``copies`` defective copies of every (H, W, 3) uint8 image, one :func:`surface_defect` each, the
+    kinds (``DEFECT_KINDS``) in turn; a grey image (all three channels equal) gets a grey defect.
+
+    Returns:
+        (copies (N * copies, H, W, 3) uint8, masks (N * copies, H, W) uint8 in {0, 1}, owners (N * copies,)
+        the index of the image each copy was made from), in image order.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"need (N, H, W, 3) uint8 images for defective copies, got {images.shape} {images.dtype}")
+    if copies < 1:
+        raise ValueError(f"need at least one defective copy per image, got {copies}")
+    rng = np.random.default_rng(seed)
+    out, masks, owners = [], [], []
+    for index, image in enumerate(images):
+        grey = bool((image == image[..., :1]).all())
+        for copy in range(copies):
+            defective, mask = surface_defect(image, rng, DEFECT_KINDS[(index * copies + copy) % len(DEFECT_KINDS)])
+            if grey:
+                defective = np.repeat(np.rint(defective.astype(np.float32).mean(-1, keepdims=True)).astype(np.uint8), 3, -1)
+                mask = (defective != image).any(-1).astype(np.uint8)
+            out.append(defective)
+            masks.append(mask)
+            owners.append(index)
+    return np.stack(out), np.stack(masks), np.asarray(owners)
+
+
 def tile_grid(height: int, width: int, tile: int) -> list[tuple[int, int]]:
     """(top, left) of every non-overlapping ``tile`` x ``tile`` square of an image, row by row."""
     return [(row * tile, col * tile) for row in range(height // tile) for col in range(width // tile)]

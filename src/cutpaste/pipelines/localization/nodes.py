@@ -156,6 +156,17 @@ def _fusion_reference(localization: dict) -> str:
     return reference
 
 
+def _component(localization: dict) -> str:
+    """The maps a fused localizer returns (``localization.stem.component``: fused, patch, stem or synthetic)."""
+    component = str((localization.get("stem") or {}).get("component", "fused"))
+    if component != "synthetic":
+        try:
+            localize.check_component(component)
+        except ValueError as error:
+            raise ValueError(f"localization.stem.component: {error} or 'synthetic'") from error
+    return component
+
+
 def _figure_unit(localization: dict) -> str:
     """The fused maps' unit as :func:`cutpaste.core.report.localization_figure` names it."""
     if _fusion(localization) != "max":
@@ -205,6 +216,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     normalisation statistics come from the ``calibration`` split alone (no test image is read).
     """
     sizes = _sizes(localization, dataset["image_size"])
+    component = _component(localization)  # a bad setting fails before the fit
     location_density = _location_density(dataset["category"], localization, density)
     fit_images = dataset["train_images"][split["fit"]]
     intensity_reference = None
@@ -239,6 +251,15 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     if statistic is not None:
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
         localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
+    if component != "fused" and not (localizer.fused and localizer.normalized):
+        logger.warning("%s: localization.stem.component %r needs fused maps (stem.fuse with log_ratio normalisation); the maps stay as they are",
+                       dataset["category"], component)
+    elif component == "synthetic":
+        synthetic = stem.get("synthetic") or {}
+        logger.info("%s: choosing the map component on synthetic defects in the calibration images", dataset["category"])
+        localizer.choose_component(dataset["train_images"][split["calibration"]], int(synthetic.get("copies", 4)), int(synthetic.get("seed", 0)))
+    else:
+        localizer.component = component
     logger.info("%s: patch density %.1f MB", dataset["category"], fitted.nbytes() / 1e6)
     return localizer
 
