@@ -48,6 +48,9 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     parent = client.search_runs([experiment.experiment_id], filter_string="tags.`kedro.pipelines` = 'localization'")[0]
     children = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(child.info.run_name for child in children) == TINY_CATEGORIES
+    for child in children:  # the map component each category's localizer returns, and the synthetic-defect scores that chose it
+        assert child.data.tags["map_component"] == settings[child.info.run_name]["component"]
+        assert 0.0 <= child.data.metrics["synthetic_stem_pixel_auroc"] <= 1.0
     for child in children:
         assert 0 <= child.data.metrics["pixel_auroc"] <= 1
         # conf/test: 4 patch-model steps, 5 (aligned_steps) for the per-location category gravel

@@ -239,9 +239,16 @@ class MlflowTrackingHook:
         from mlflow.entities import Metric
 
         from cutpaste.core.detector import Detector
+        from cutpaste.core.localize import COMPONENTS, Localizer
 
         if isinstance(value, Detector):
             self._log_detector(run_id, value)
+        elif isinstance(value, Localizer):
+            if value.fused:  # which maps it returns, and with localization.stem.component: synthetic what chose them
+                self.client.set_tag(run_id, "map_component", value.component)
+            for component in COMPONENTS if value.component_scores else ():
+                for key in ("pixel_auroc", "image_auroc"):
+                    self.client.log_metric(run_id, f"synthetic_{component}_{key}", float(value.component_scores[component][key]))
         elif name.endswith("metrics") and isinstance(value, dict):
             for key, metric in value.items():
                 if isinstance(metric, (int, float)):
