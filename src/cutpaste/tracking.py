@@ -239,16 +239,12 @@ class MlflowTrackingHook:
         from mlflow.entities import Metric
 
         from cutpaste.core.detector import Detector
-        from cutpaste.core.localize import COMPONENTS, Localizer
+        from cutpaste.core.localize import Localizer
 
         if isinstance(value, Detector):
             self._log_detector(run_id, value)
         elif isinstance(value, Localizer):
-            if value.fused:  # which maps it returns, and with localization.stem.component: synthetic what chose them
-                self.client.set_tag(run_id, "map_component", value.component)
-            for component in COMPONENTS if value.component_scores else ():
-                for key in ("pixel_auroc", "image_auroc"):
-                    self.client.log_metric(run_id, f"synthetic_{component}_{key}", float(value.component_scores[component][key]))
+            self._log_localizer(run_id, value)
         elif name.endswith("metrics") and isinstance(value, dict):
             for key, metric in value.items():
                 if isinstance(metric, (int, float)):
@@ -270,6 +266,17 @@ class MlflowTrackingHook:
                 self.client.log_artifact(run_id, str(path), "tables")
         elif isinstance(value, str) and name.endswith("markdown"):
             self.client.log_text(run_id, value, f"tables/{name}.md")
+
+    def _log_localizer(self, run_id: str, localizer) -> None:
+        """Which maps a fused localizer returns (tag ``map_component``) and, when it chose them on synthetic
+        defects (``localization.stem.component: synthetic``), every candidate's pixel and image AUROC there."""
+        from cutpaste.core.localize import COMPONENTS
+
+        if localizer.fused:
+            self.client.set_tag(run_id, "map_component", localizer.component)
+        for component in COMPONENTS if localizer.component_scores else ():
+            for key in ("pixel_auroc", "image_auroc"):
+                self.client.log_metric(run_id, f"synthetic_{component}_{key}", float(localizer.component_scores[component][key]))
 
     def _log_detector(self, run_id: str, detector) -> None:
         """Log the detector as an MLflow pyfunc model ("detector") of the category's run."""

@@ -474,6 +474,12 @@ FUSION_QUANTILE = 0.99  # "max" fusion: each map component is read in log2 units
 STEM_BATCH_IMAGES = 8  # images per stem pass: at 256 px, 8 x 128 x 128 locations of 64 responses (67 MB in float64)
 
 
+def _take_inputs(inputs: tuple, selection) -> tuple:
+    """Some images' part of (grids, transforms, stems) as :meth:`Localizer._level_inputs` returns them."""
+    grids, transforms, stems = inputs
+    return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
+
+
 class Localizer:
     """A trained patch model with its density, geometry and (optionally) per-location normalisation:
     new images -> (N, S, S) score maps.
@@ -693,23 +699,19 @@ class Localizer:
         ``owners[i]`` and read against the levels set without it; their patch and stem maps follow."""
         import copy
 
-        def subset(inputs, selection):
-            grids, transforms, stems = inputs
-            return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
-
         count = len(grids)
         patch, stem = [], []
         probe_patch, probe_stem = {}, {}
         for index in range(count):
             other = copy.copy(self)
-            other._set_levels(*subset((grids, transforms, stems), np.arange(count) != index), statistic)
-            one_patch, one_stem = other._readings(*subset((grids, transforms, stems), slice(index, index + 1)))
+            other._set_levels(*_take_inputs((grids, transforms, stems), np.arange(count) != index), statistic)
+            one_patch, one_stem = other._readings(*_take_inputs((grids, transforms, stems), slice(index, index + 1)))
             patch.append(one_patch)
             stem.append(one_stem)
             if probes is not None:
                 made = np.flatnonzero(probes[0] == index)
                 if len(made):
-                    probe_patch[index], probe_stem[index] = other._readings(*subset(probes[1:], made))
+                    probe_patch[index], probe_stem[index] = other._readings(*_take_inputs(probes[1:], made))
         readings = (np.concatenate(patch), np.concatenate(stem))
         if probes is None:
             return readings
@@ -878,13 +880,8 @@ class Localizer:
         defective, masks, owners = defective_copies(calibration_images, copies, seed)
         inputs = self._level_inputs(np.concatenate([calibration_images, defective]), progress)
         count = len(calibration_images)
-
-        def part(selection):
-            grids, transforms, stems = inputs
-            return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
-
         clean_patch, clean_stem, probe_patch, probe_stem = self._held_out_readings(
-            *part(slice(0, count)), self.norm_statistic, probes=(owners, *part(slice(count, None))))
+            *_take_inputs(inputs, slice(0, count)), self.norm_statistic, probes=(owners, *_take_inputs(inputs, slice(count, None))))
         truth = np.concatenate([np.zeros((count, *masks.shape[1:]), dtype=np.uint8), masks])
         labels = np.r_[np.zeros(count), np.ones(len(masks))]
         scores = {}
