@@ -257,7 +257,8 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     elif component == "synthetic":
         synthetic = stem.get("synthetic") or {}
         logger.info("%s: choosing the map component on synthetic defects in the calibration images", dataset["category"])
-        localizer.choose_component(dataset["train_images"][split["calibration"]], int(synthetic.get("copies", 4)), int(synthetic.get("seed", 0)))
+        localizer.choose_component(dataset["train_images"][split["calibration"]], int(synthetic.get("copies", 4)), int(synthetic.get("seed", 0)),
+                                   progress=localization["training"].get("progress", True))  # copies x calibration images: minutes at 256 px
     else:
         localizer.component = component
     logger.info("%s: patch density %.1f MB", dataset["category"], fitted.nbytes() / 1e6)
