@@ -498,6 +498,8 @@ def test_map_component_chosen_on_synthetic_defects_in_held_out_calibration_image
     loaded = Localizer.load(tmp_path / "loc")
     assert loaded.component == best and loaded.component_scores == scores
     np.testing.assert_allclose(loaded.score_maps(data["test_images"]), localizer.fuse(patch, stem, best), rtol=1e-5, atol=1e-5)
+    loaded.calibrate(calibration)  # new levels: the choice stays, the scores read against the old levels go
+    assert loaded.component == best and loaded.component_scores is None
     unfused = _tiny_localizer(True, fit)
     unfused.calibrate(calibration)
     with pytest.raises(ValueError, match="fused, calibrated localizer"):

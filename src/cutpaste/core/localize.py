@@ -650,6 +650,7 @@ class Localizer:
         (K, G, G) raw patch scores. With registration, a location's statistics come from the
         calibration images whose registered patch there lies inside the photo."""
         grids, transforms, stems = self._level_inputs(calibration_images, progress)
+        self.component_scores = None  # a choice's scores were read against the levels set before
         self._set_levels(grids, transforms, stems, statistic)
         if self.stem is not None:
             held_out = self.held_out_references and len(grids) >= 3
@@ -763,7 +764,7 @@ class Localizer:
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, self._normalized_intensity(fit_images), setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
-        self.fusion_references = {}
+        self.fusion_references, self.component_scores = {}, None
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
         self.fusion = fusion
 
