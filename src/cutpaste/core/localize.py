@@ -701,27 +701,25 @@ class Localizer:
         import copy
 
         count = len(grids)
-        patch, stem = [], []
-        probe_patch, probe_stem = {}, {}
+        if probes is not None and not np.isin(probes[0], np.arange(count)).all():
+            raise ValueError(f"every probe's owner must be one of the {count} calibration images, got owners {sorted(set(np.asarray(probes[0]).tolist()))}")
+        patch, stem, probe_reads = [], [], []
         for index in range(count):
             other = copy.copy(self)
             other._set_levels(*_take_inputs((grids, transforms, stems), np.arange(count) != index), statistic)
             one_patch, one_stem = other._readings(*_take_inputs((grids, transforms, stems), slice(index, index + 1)))
             patch.append(one_patch)
             stem.append(one_stem)
-            if probes is not None:
-                made = np.flatnonzero(probes[0] == index)
-                if len(made):
-                    probe_patch[index], probe_stem[index] = other._readings(*_take_inputs(probes[1:], made))
+            if probes is not None and (made := np.flatnonzero(probes[0] == index)).size:
+                probe_reads.append((made, *other._readings(*_take_inputs(probes[1:], made))))
         readings = (np.concatenate(patch), np.concatenate(stem))
         if probes is None:
             return readings
-        owners = np.asarray(probes[0])
-        order = np.argsort(owners, kind="stable")  # the probes as read, owner by owner -> their own order
-        read_patch, read_stem = (np.concatenate([part[index] for index in sorted(part)]) for part in (probe_patch, probe_stem))
-        restore = np.empty_like(order)
-        restore[order] = np.arange(len(order))
-        return (*readings, read_patch[restore], read_stem[restore])
+        made = np.concatenate([read[0] for read in probe_reads])
+        read_patch, read_stem = (np.concatenate([read[part] for read in probe_reads]) for part in (1, 2))
+        probe_patch, probe_stem = np.empty_like(read_patch), np.empty_like(read_stem)
+        probe_patch[made], probe_stem[made] = read_patch, read_stem  # read owner by owner -> the probes' own order
+        return (*readings, probe_patch, probe_stem)
 
     def _stem_reading(self, reference: np.ndarray | None, camera: np.ndarray | None, transforms: np.ndarray | None) -> np.ndarray:
         """Stem maps as the localizer reads them, from the log2 stem maps in the reference pose (``reference``)
