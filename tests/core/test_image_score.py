@@ -10,6 +10,7 @@ from cutpaste.core.image_score import (
     fit_image_score,
     fit_stem_density,
     stem_batches,
+    stem_maps,
     stem_scores,
 )
 from cutpaste.core.models import CutPasteNet
@@ -48,6 +49,24 @@ def test_stem_responses_are_the_first_convolution_of_the_normalised_pixels():
     assert first_convolution(network) is network.encoder.conv1
     assert responses.shape == (5, 64, SIZE // 2, SIZE // 2)
     torch.testing.assert_close(responses, expected)
+
+
+def test_block_group_responses_are_the_encoder_stages_in_float32():
+    network, setup = _network()
+    images = _grey_textures(3, 3)
+    bf16 = InferenceSetup(setup.device, torch.bfloat16, setup.memory_format)
+    responses = torch.cat(list(stem_batches(network, images, bf16, batch_size=2, level=1)))
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    encoder = network.encoder
+    with torch.no_grad():
+        expected = encoder.layer1(encoder.maxpool(encoder.relu(encoder.bn1(encoder.conv1(network.normalize(pixels))))))
+    assert responses.shape == (3, 64, SIZE // 4, SIZE // 4) and responses.dtype == torch.float32
+    torch.testing.assert_close(responses, expected)
+    density = fit_stem_density(network, images, setup, level=1)
+    maps = stem_maps(network, density, images, setup, level=1)
+    assert maps.shape == (3, SIZE, SIZE) and np.isfinite(maps).all()
+    with pytest.raises(ValueError, match="level must be 0..4 for resnet18, got 5"):
+        next(stem_batches(network, images, setup, level=5))
 
 
 def test_stem_runs_in_float32_under_a_bf16_setup():

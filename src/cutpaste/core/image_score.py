@@ -73,12 +73,22 @@ def first_convolution(network: nn.Module) -> nn.Conv2d:
     raise ValueError(f"{type(encoder).__name__} has no Conv2d: no stem to read")
 
 
-def stem_batches(network: nn.Module, images: np.ndarray | torch.Tensor, setup: InferenceSetup, batch_size: int = 64):
+def stem_batches(network: nn.Module, images: np.ndarray | torch.Tensor, setup: InferenceSetup, batch_size: int = 64,
+                 level: int | None = None):
     """Yield the first convolution's responses, (B, C, h, w) float32 on the CPU, batch by batch.
 
     ``images``: (N, H, W, 3) uint8. The network must be prepared (:func:`~cutpaste.core.train.prepare_for_inference`);
     it is only read, so threads may share it. The convolution runs in float32 with no autocast.
+    ``level``: instead, the responses after the encoder's block group ``level``
+    (:func:`cutpaste.core.models.encoder_stages`; ResNet-18 level 1: ``layer1``, 64 channels at a 4 px stride).
     """
+    if level is not None:
+        from cutpaste.core.models import encoder_stages
+
+        stages = encoder_stages(network.encoder, network.backbone)
+        if not 0 <= int(level) < len(stages):
+            raise ValueError(f"level must be 0..{len(stages) - 1} for {network.backbone}, got {level}")
+        stages = stages[: int(level) + 1]
     convolution = first_convolution(network)
     normalize = network.normalize
     with torch.inference_mode():
@@ -86,6 +96,12 @@ def stem_batches(network: nn.Module, images: np.ndarray | torch.Tensor, setup: I
         for start in range(0, images_uint8.shape[0], batch_size):
             batch = images_uint8[start : start + batch_size].float().div_(255.0)
             with torch.autocast(device_type=setup.device.type, enabled=False):
+                if level is not None:
+                    responses = normalize(batch).contiguous(memory_format=setup.memory_format)
+                    for stage in stages:
+                        responses = stage(responses)
+                    yield responses.float().contiguous().cpu()
+                    continue
                 weight = convolution.weight.float()
                 bias = convolution.bias.float() if convolution.bias is not None else None
                 responses = nn.functional.conv2d(normalize(batch), weight, bias, convolution.stride, convolution.padding,
@@ -99,17 +115,18 @@ def _as_vectors(responses: torch.Tensor) -> np.ndarray:
 
 
 def fit_stem_density(network: nn.Module, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64, max_vectors: int = 100_000,
-                     seed: int = 0, shrinkage: str | float = "ledoit_wolf") -> GaussianDensity:
+                     seed: int = 0, shrinkage: str | float = "ledoit_wolf", level: int | None = None) -> GaussianDensity:
     """Gaussian of the stem responses at every location of ``images`` (normal, (N, H, W, 3) uint8).
 
     At most ``max_vectors`` locations enter the fit: a seeded uniform draw of the same fraction from
-    every batch, so memory stays bounded at any image size.
+    every batch, so memory stays bounded at any image size. ``level``: of a block group's responses
+    instead (:func:`stem_batches`).
     """
     if len(images) == 0:
         raise ValueError("the stem density needs at least one normal image")
     rng = np.random.default_rng(seed)
     kept, fraction = [], None
-    for responses in stem_batches(network, images, setup, batch_size):
+    for responses in stem_batches(network, images, setup, batch_size, level):
         vectors = _as_vectors(responses)
         if fraction is None:
             per_image = len(vectors) // len(responses)
@@ -121,9 +138,10 @@ def fit_stem_density(network: nn.Module, images: np.ndarray, setup: InferenceSet
     return GaussianDensity(shrinkage=shrinkage, l2_normalize=False).fit(np.concatenate(kept))
 
 
-def stem_score_grids(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64):
+def stem_score_grids(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64,
+                     level: int | None = None):
     """Yield the stem density's score at every location, (B, h, w) float64, batch by batch."""
-    for responses in stem_batches(network, images, setup, batch_size):
+    for responses in stem_batches(network, images, setup, batch_size, level):
         yield density.score_samples(_as_vectors(responses)).reshape(len(responses), *responses.shape[2:])
 
 
@@ -133,12 +151,14 @@ def stem_scores(network: nn.Module, density: GaussianDensity, images: np.ndarray
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
-def stem_maps(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64) -> np.ndarray:
+def stem_maps(network: nn.Module, density: GaussianDensity, images: np.ndarray, setup: InferenceSetup, batch_size: int = 64,
+              level: int | None = None) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, S, S) float32 pixel maps of log2 of the stem density's score: each
     location's log score averaged over its 3 x 3 neighbours (the stem's stride is 2 px, its filters
-    7 px wide), then resized bilinearly onto the pixels."""
+    7 px wide), then resized bilinearly onto the pixels. ``level``: of a block group's responses instead
+    (a density fitted with the same ``level``)."""
     maps = []
-    for scores in stem_score_grids(network, density, images, setup, batch_size):
+    for scores in stem_score_grids(network, density, images, setup, batch_size, level):
         grid = torch.from_numpy(_log2(scores)).float()[:, None]
         grid = nn.functional.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False)
         maps.append(nn.functional.interpolate(grid, size=tuple(images.shape[1:3]), mode="bilinear", align_corners=False)[:, 0].numpy())
