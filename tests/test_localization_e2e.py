@@ -42,6 +42,7 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
         scores = settings[category]["component_scores"]
         assert settings[category]["component"] == scores["chosen"] in ("fused", "patch", "stem") and scores["copies"] == 1
         assert all(0.0 <= scores[name][key] <= 1.0 for name in ("fused", "patch", "stem") for key in ("pixel_auroc", "image_auroc", "score"))
+    assert all(settings[category]["map_center"] == "image_median" for category in TINY_CATEGORIES)  # conf/test centres the maps
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")
@@ -50,6 +51,7 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     assert sorted(child.info.run_name for child in children) == TINY_CATEGORIES
     for child in children:  # the map component each category's localizer returns, and the synthetic-defect scores that chose it
         assert child.data.tags["map_component"] == settings[child.info.run_name]["component"]
+        assert child.data.tags["map_center"] == "image_median"
         assert 0.0 <= child.data.metrics["synthetic_stem_pixel_auroc"] <= 1.0
     for child in children:
         assert 0 <= child.data.metrics["pixel_auroc"] <= 1

@@ -167,6 +167,14 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
     np.testing.assert_allclose(nodes.score_maps(stem_only, dataset, settings)[0], (stem - references["stem_mean"]) / references["stem_sd"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="localization.stem.component: the map component must be one of fused, patch, stem, got 'both' or 'synthetic'"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "component": "both"}}, DENSITY)
+    # centred maps: the localizer's maps minus each image's median; a bad setting is refused before the fit, naming the key
+    centred = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "image_median"}, DENSITY)
+    assert centred.map_center == "image_median" and localizer.map_center == "none"
+    plain_maps = nodes.score_maps(localizer, dataset, settings)[0]
+    np.testing.assert_allclose(nodes.score_maps(centred, dataset, settings)[0], plain_maps - np.median(plain_maps.reshape(len(plain_maps), -1), 1)[:, None, None],
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="localization.map_center: the map centre must be one of none, image_median, got 'mean'"):
+        nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "mean"}, DENSITY)
 
 
 def _write_category(root, name: str) -> None:

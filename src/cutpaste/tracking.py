@@ -268,12 +268,15 @@ class MlflowTrackingHook:
             self.client.log_text(run_id, value, f"tables/{name}.md")
 
     def _log_localizer(self, run_id: str, localizer) -> None:
-        """Which maps a fused localizer returns (tag ``map_component``) and, when it chose them on synthetic
-        defects (``localization.stem.component: synthetic``), every candidate's pixel and image AUROC there."""
+        """Which maps a fused localizer returns (tag ``map_component``), how its normalised maps are centred (tag
+        ``map_center``) and, when it chose the maps on synthetic defects (``localization.stem.component: synthetic``),
+        every candidate's pixel and image AUROC there."""
         from cutpaste.core.localize import COMPONENTS
 
         if localizer.fused:
             self.client.set_tag(run_id, "map_component", localizer.component)
+        if localizer.normalized:
+            self.client.set_tag(run_id, "map_center", localizer.map_center)
         for component in COMPONENTS if localizer.component_scores else ():
             for key in ("pixel_auroc", "image_auroc"):
                 self.client.log_metric(run_id, f"synthetic_{component}_{key}", float(localizer.component_scores[component][key]))

@@ -348,6 +348,24 @@ COMPONENTS = ("fused", "patch", "stem")
 COMPONENT_MARGIN = 0.01  # a single map replaces the fused one only if its synthetic-defect score is at least this much higher
 
 
+MAP_CENTERS = ("none", "image_median")
+
+
+def check_map_center(center: str) -> None:
+    if center not in MAP_CENTERS:
+        raise ValueError(f"the map centre must be one of {', '.join(MAP_CENTERS)}, got {center!r}")
+
+
+def center_on_image(maps: np.ndarray) -> np.ndarray:
+    """(N, H, W) maps, each minus its own median pixel: 0 = the image's typical reading. A photo whose whole
+    surface reads higher or lower than the calibration images' (sharper, softer, another finish) moves back,
+    and what stands out within the image stays; a defect over more than half the image would be centred away."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"need (N, H, W) maps to centre, got shape {maps.shape}")
+    return (maps - np.median(maps.reshape(len(maps), -1), axis=1)[:, None, None]).astype(np.float32)
+
+
 def check_component(component: str) -> None:
     if component not in COMPONENTS:
         raise ValueError(f"the map component must be one of {', '.join(COMPONENTS)}, got {component!r}")
@@ -537,6 +555,10 @@ class Localizer:
     per category without labels: defects from :func:`cutpaste.core.synthetic.defective_copies` pasted into the
     calibration images, each copy read against the levels the other calibration images set.
 
+    Map centre (``map_center``, normalised maps only): "image_median" reads every final map minus its own median
+    pixel (:func:`center_on_image`), so a photo whose whole surface reads above or below the calibration images'
+    level moves back and only what stands out within it remains; "none" leaves the maps as read.
+
     Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
     median grey level is that reference, the fit images' median level (:func:`normalize_intensity`), so a
     lamp that dims or an exposure that changes does not light up the maps. The density must have been
@@ -554,8 +576,9 @@ class Localizer:
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
                  stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None,
                  held_out_references: bool = False, fusion_reference: str = "pixel", component: str = "fused",
-                 component_scores: dict | None = None) -> None:
+                 component_scores: dict | None = None, map_center: str = "none") -> None:
         check_fusion(fusion)
+        check_map_center(map_center)
         check_fusion_reference(fusion_reference, fusion)
         check_component(component)
         if camera_level and registration is None:
@@ -576,6 +599,7 @@ class Localizer:
         self.held_out_references = bool(held_out_references)
         self.fusion_reference = str(fusion_reference)
         self.component, self.component_scores = str(component), component_scores
+        self.map_center = str(map_center)
 
     @property
     def normalized(self) -> bool:
@@ -885,7 +909,7 @@ class Localizer:
         labels = np.r_[np.zeros(count), np.ones(len(masks))]
         scores = {}
         for component in COMPONENTS:
-            maps = np.concatenate([self.fuse(clean_patch, clean_stem, component), self.fuse(probe_patch, probe_stem, component)])
+            maps = self._centred(np.concatenate([self.fuse(clean_patch, clean_stem, component), self.fuse(probe_patch, probe_stem, component)]))
             pixel, image = pixel_auroc(truth, maps), image_auroc(labels, maps.reshape(len(maps), -1).max(1))
             scores[component] = {"pixel_auroc": pixel, "image_auroc": image, "score": (pixel + image) / 2}
         best = max(COMPONENTS, key=lambda name: scores[name]["score"])
@@ -929,8 +953,8 @@ class Localizer:
 
     def score_maps(self, images: np.ndarray, progress: bool = False, normalized: bool | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 at ``image_size`` -> (N, S, S) float32 pixel scores (normalised when
-        calibrated, and fused with the stem map when the localizer has one), registered onto the
-        reference pose and back when the localizer registers."""
+        calibrated, fused with the stem map when the localizer has one and centred on each image's median
+        with ``map_center``), registered onto the reference pose and back when the localizer registers."""
         registered, transforms = self.register(images)
         maps = self.maps_from_grids(self.score_grids(registered, progress, registered=True), normalized, transforms)
         normalized = self.normalized if normalized is None else normalized
@@ -938,8 +962,13 @@ class Localizer:
 
     def with_stem(self, patch_maps: np.ndarray, images: np.ndarray, registered: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
         """The localizer's maps from its normalised (N, S, S) patch maps of ``images``: fused with the
-        stem maps when the localizer has a stem density, else the patch maps themselves."""
-        return self.fuse(patch_maps, self.stem_maps(images, registered)) if self.fused and self.normalized else patch_maps
+        stem maps when the localizer has a stem density, else the patch maps themselves; centred on each
+        image's median with ``map_center`` "image_median"."""
+        maps = self.fuse(patch_maps, self.stem_maps(images, registered)) if self.fused and self.normalized else patch_maps
+        return self._centred(maps) if self.normalized else maps
+
+    def _centred(self, maps: np.ndarray) -> np.ndarray:
+        return center_on_image(maps) if self.map_center == "image_median" else maps
 
     def save(self, folder) -> None:
         import json
@@ -971,7 +1000,8 @@ class Localizer:
                 "stem_per_location": self.stem_per_location, "stem_tolerance": self.stem_tolerance, "fusion": self.fusion,
                 "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
                 "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references,
-                "fusion_reference": self.fusion_reference, "component": self.component, "component_scores": self.component_scores}
+                "fusion_reference": self.fusion_reference, "component": self.component, "component_scores": self.component_scores,
+                "map_center": self.map_center}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -1017,4 +1047,4 @@ class Localizer:
                    patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"),
                    intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)),
                    fusion_reference=str(meta.get("fusion_reference", "pixel")), component=str(meta.get("component", "fused")),
-                   component_scores=meta.get("component_scores"))
+                   component_scores=meta.get("component_scores"), map_center=str(meta.get("map_center", "none")))

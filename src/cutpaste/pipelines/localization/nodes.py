@@ -167,6 +167,16 @@ def _component(localization: dict) -> str:
     return component
 
 
+def _map_center(localization: dict) -> str:
+    """How the final normalised maps are centred (``localization.map_center``: none or image_median)."""
+    center = str(localization.get("map_center", "none"))
+    try:
+        localize.check_map_center(center)
+    except ValueError as error:
+        raise ValueError(f"localization.map_center: {error}") from error
+    return center
+
+
 def _figure_unit(localization: dict) -> str:
     """The fused maps' unit as :func:`cutpaste.core.report.localization_figure` names it."""
     if _fusion(localization) != "max":
@@ -217,6 +227,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     """
     sizes = _sizes(localization, dataset["image_size"])
     component = _component(localization)  # a bad setting fails before the fit
+    map_center = _map_center(localization)
     location_density = _location_density(dataset["category"], localization, density)
     fit_images = dataset["train_images"][split["fit"]]
     intensity_reference = None
@@ -236,7 +247,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
                                    intensity_reference=intensity_reference, held_out_references=bool(stem.get("held_out_references", False)),
-                                   fusion_reference=_fusion_reference(localization),
+                                   fusion_reference=_fusion_reference(localization), map_center=map_center,
                                    **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
     if _fused(localization):
@@ -305,6 +316,8 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
         "maps": (f"fused with the stem ({fusion})" if fused else "normalised") if normalization is not None else "raw",
     }
+    if normalization is not None and _map_center(localization) == "image_median":
+        metrics["maps"] += ", centred on each image's median"
     if patch_history is not None:
         metrics["patch_proxy_accuracy"] = final_accuracy(patch_history)
     if fused:
@@ -315,7 +328,8 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
     chosen = defective[np.linspace(0, len(defective) - 1, min(int(localization["figure_images"]), len(defective))).astype(int)]
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
-                                        f"{dataset['category']}: localization", normalization=_figure_unit(localization) if fused else normalization)
+                                        f"{dataset['category']}: localization", normalization=_figure_unit(localization) if fused else normalization,
+                                        centred=normalization is not None and _map_center(localization) == "image_median")
     return metrics, figure
 
 
