@@ -167,7 +167,20 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
     np.testing.assert_allclose(nodes.score_maps(stem_only, dataset, settings)[0], (stem - references["stem_mean"]) / references["stem_sd"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="localization.stem.component: the map component must be one of fused, patch, stem, got 'both' or 'synthetic'"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "stem": {**settings["stem"], "component": "both"}}, DENSITY)
-    # centred maps: the localizer's maps minus each image's median; a bad setting is refused before the fit, naming the key
+
+
+
+def test_map_center_through_fit_localizer_centres_the_maps_on_each_image_and_names_a_bad_setting():
+    """The localizer's maps minus each image's median (same split, same seeds: the same localizer otherwise);
+    a bad setting is refused before the fit, naming the key."""
+    import pytest
+
+    torch.manual_seed(0)
+    state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
+    dataset = _dataset()
+    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
+    settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0}}
+    localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
     centred = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "image_median"}, DENSITY)
     assert centred.map_center == "image_median" and localizer.map_center == "none"
     plain_maps = nodes.score_maps(localizer, dataset, settings)[0]
@@ -175,7 +188,6 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="localization.map_center: the map centre must be one of none, image_median, got 'mean'"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "mean"}, DENSITY)
-
 
 def _write_category(root, name: str) -> None:
     from PIL import Image
