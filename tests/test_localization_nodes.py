@@ -65,15 +65,21 @@ def test_normalisation_statistics_come_from_the_calibration_images_alone():
     assert not off.normalized
 
 
-def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_calibration_split(tmp_path):
-    from cutpaste.core.localize import Localizer
-
+def _fused_localizer():
+    """A fused localizer fitted through the node on the tiny dataset: (state_dict, dataset, split, settings, localizer)."""
     torch.manual_seed(0)
     state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
     dataset = _dataset()
     split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
     settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0}}
     localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
+    return state_dict, dataset, split, settings, localizer
+
+
+def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_calibration_split(tmp_path):
+    from cutpaste.core.localize import Localizer
+
+    state_dict, dataset, split, settings, localizer = _fused_localizer()
     assert localizer.fused and localizer.fusion == "max"
     assert set(localizer.fusion_references) == {"patch", "stem", "patch_mean", "patch_sd", "stem_mean", "stem_sd", "patch_image_max", "stem_image_max"}
     calibration = dataset["train_images"][split["calibration"]]
@@ -175,12 +181,7 @@ def test_map_center_through_fit_localizer_centres_the_maps_on_each_image_and_nam
     a bad setting is refused before the fit, naming the key."""
     import pytest
 
-    torch.manual_seed(0)
-    state_dict = CutPasteNet(num_classes=3, head_dims=(8,)).state_dict()
-    dataset = _dataset()
-    split = nodes.split_training_images(dataset, {"holdout_fraction": 0.2, "min_holdout": 5, "seed": 0})
-    settings = {**LOCALIZATION, "stem": {"fuse": True, "max_vectors": 10**6, "seed": 0}}
-    localizer = nodes.fit_localizer(state_dict, dataset, split, MODEL, settings, DENSITY)
+    state_dict, dataset, split, settings, localizer = _fused_localizer()
     centred = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "image_median"}, DENSITY)
     assert centred.map_center == "image_median" and localizer.map_center == "none"
     plain_maps = nodes.score_maps(localizer, dataset, settings)[0]
