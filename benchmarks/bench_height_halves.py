@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_budget import cpu_kind  # noqa: E402
 
+from cutpaste.core.data import IMAGE_SUFFIXES, load_mask  # noqa: E402
 from cutpaste.core.image_score import fit_stem_density, stem_maps  # noqa: E402
 from cutpaste.core.localize import FUSION_QUANTILE, STEM_BATCH_IMAGES, Localizer, highest_within  # noqa: E402
 from cutpaste.core.metrics import aupro, image_auroc, pixel_auroc  # noqa: E402
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 HALVES = ("top", "bottom")
 
 
@@ -110,10 +110,9 @@ def score(category_dir: Path, halves_root: Path, data_dirs: dict[str, Path], siz
     for row, (path, label) in enumerate(zip(paths, labels, strict=True)):
         if label:
             parts = Path(path)
-            mask_path = category_dir / "ground_truth" / parts.parts[1] / f"{parts.stem}_mask.png"
-            with Image.open(mask_path) as mask:
-                binary = (np.asarray(mask.convert("L")) > 0).astype(np.uint8)
-            masks[row] = np.asarray(Image.fromarray(binary).resize((size, size), Image.Resampling.NEAREST))
+            with Image.open(category_dir / path) as image:
+                image_size_xy = image.size
+            masks[row] = load_mask(category_dir / "ground_truth" / parts.parts[1] / f"{parts.stem}_mask.png", category_dir / path, image_size_xy, size)
     rows = []
     for name, parts in stitched.items():
         whole = _resize(np.concatenate(parts, axis=1), (size, size))  # two (size, size) halves stacked, then squashed as the pipeline squashes

@@ -82,30 +82,32 @@ def stem_batches(network: nn.Module, images: np.ndarray | torch.Tensor, setup: I
     ``level``: instead, the responses after the encoder's block group ``level``
     (:func:`cutpaste.core.models.encoder_stages`; ResNet-18 level 1: ``layer1``, 64 channels at a 4 px stride).
     """
-    if level is not None:
+    if level is None:
+        convolution = first_convolution(network)
+
+        def respond(pixels: torch.Tensor) -> torch.Tensor:
+            bias = convolution.bias.float() if convolution.bias is not None else None
+            return nn.functional.conv2d(pixels, convolution.weight.float(), bias, convolution.stride, convolution.padding,
+                                        convolution.dilation, convolution.groups)
+    else:
         from cutpaste.core.models import encoder_stages
 
         stages = encoder_stages(network.encoder, network.backbone)
         if not 0 <= int(level) < len(stages):
             raise ValueError(f"level must be 0..{len(stages) - 1} for {network.backbone}, got {level}")
         stages = stages[: int(level) + 1]
-    convolution = first_convolution(network)
-    normalize = network.normalize
+
+        def respond(pixels: torch.Tensor) -> torch.Tensor:
+            responses = pixels.contiguous(memory_format=setup.memory_format)
+            for stage in stages:
+                responses = stage(responses)
+            return responses.contiguous()
     with torch.inference_mode():
         images_uint8 = images_to_tensor(images, setup.device)
         for start in range(0, images_uint8.shape[0], batch_size):
             batch = images_uint8[start : start + batch_size].float().div_(255.0)
             with torch.autocast(device_type=setup.device.type, enabled=False):
-                if level is not None:
-                    responses = normalize(batch).contiguous(memory_format=setup.memory_format)
-                    for stage in stages:
-                        responses = stage(responses)
-                    yield responses.float().contiguous().cpu()
-                    continue
-                weight = convolution.weight.float()
-                bias = convolution.bias.float() if convolution.bias is not None else None
-                responses = nn.functional.conv2d(normalize(batch), weight, bias, convolution.stride, convolution.padding,
-                                                 convolution.dilation, convolution.groups)
+                responses = respond(network.normalize(batch))
             yield responses.float().cpu()
 
 
