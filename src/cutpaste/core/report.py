@@ -222,7 +222,7 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
         patch_range = (float(np.percentile(patch_maps, 1)), float(np.percentile(patch_maps, 99.9)))
         patch_label = "patch score (raw Mahalanobis$^2$)"
     if centred and normalization is not None:
-        patch_label += ", minus the image's median"
+        patch_label += "\nminus the image's median"  # a second line: one line overflows the panel
     figure, axes = plt.subplots(len(images), columns, figsize=(2.7 * columns, 2.4 * len(images)), squeeze=False)
     for row, image in enumerate(images):
         overlay = image.copy()
