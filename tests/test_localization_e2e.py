@@ -42,7 +42,12 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
         scores = settings[category]["component_scores"]
         assert settings[category]["component"] == scores["chosen"] in ("fused", "patch", "stem") and scores["copies"] == 1
         assert all(0.0 <= scores[name][key] <= 1.0 for name in ("fused", "patch", "stem") for key in ("pixel_auroc", "image_auroc", "score"))
-    assert all(settings[category]["map_center"] == "image_median" for category in TINY_CATEGORIES)  # conf/test centres the maps
+    for category in TINY_CATEGORIES:  # and the map centre, from the same readings (the chosen component uncentred: its own score)
+        center = settings[category]["center_scores"]
+        assert settings[category]["map_center"] == center["chosen"] in ("none", "image_median") and center["copies"] == 1
+        assert center["none"] == settings[category]["component_scores"][settings[category]["component"]]
+        written = json.loads((trained_project / f"data/07_model_output/{category}/map_settings.json").read_text())
+        assert written["map_center"] == settings[category]["map_center"] and written["center_scores"] == center
 
     client = MlflowClient(f"sqlite:///{trained_project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cutpaste")
@@ -51,7 +56,8 @@ def test_localization_pipeline_writes_table2_maps_figures_and_mlflow(trained_pro
     assert sorted(child.info.run_name for child in children) == TINY_CATEGORIES
     for child in children:  # the map component each category's localizer returns, and the synthetic-defect scores that chose it
         assert child.data.tags["map_component"] == settings[child.info.run_name]["component"]
-        assert child.data.tags["map_center"] == "image_median"
+        assert child.data.tags["map_center"] == settings[child.info.run_name]["map_center"]
+        assert 0.0 <= child.data.metrics["synthetic_center_image_median_pixel_auroc"] <= 1.0
         assert 0.0 <= child.data.metrics["synthetic_stem_pixel_auroc"] <= 1.0
     for child in children:
         assert 0 <= child.data.metrics["pixel_auroc"] <= 1

@@ -56,7 +56,7 @@ def test_normalisation_statistics_come_from_the_calibration_images_alone():
         else:
             assert not np.allclose(other.density.means_, localizer.density.means_)
 
-    maps, raw, patch = nodes.score_maps(localizer, dataset, LOCALIZATION)
+    maps, raw, patch, _ = nodes.score_maps(localizer, dataset, LOCALIZATION)
     assert maps.shape == raw.shape == (5, 32, 32)
     np.testing.assert_array_equal(maps, patch)  # no stem: the maps are the patch maps
     np.testing.assert_allclose(raw, localizer.score_maps(dataset["test_images"], normalized=False), rtol=1e-5)
@@ -90,7 +90,7 @@ def test_fused_maps_fit_the_stem_on_the_fit_split_and_their_references_on_the_ca
     np.testing.assert_allclose([localizer.fusion_references[key] for key in ("patch_mean", "patch_sd", "stem_mean", "stem_sd")],
                                [calibration_patch.mean(), calibration_patch.std(), calibration_stem.mean(), calibration_stem.std()], rtol=1e-5, atol=1e-5)
 
-    maps, raw, patch = nodes.score_maps(localizer, dataset, settings)
+    maps, raw, patch, _ = nodes.score_maps(localizer, dataset, settings)
     stem = localizer.stem_maps(dataset["test_images"])
     np.testing.assert_allclose(maps, np.maximum(patch - localizer.fusion_references["patch"], stem - localizer.fusion_references["stem"]), rtol=1e-6)
     np.testing.assert_allclose(localizer.score_maps(dataset["test_images"]), maps, rtol=1e-5, atol=1e-5)
@@ -130,7 +130,7 @@ def test_zsum_fusion_adds_the_two_maps_z_scores_under_the_calibration_pixels_and
     calibration = dataset["train_images"][split["calibration"]]
     calibration_patch = localizer.maps_from_grids(localizer.score_grids(calibration))
     calibration_stem = localizer.stem_maps(calibration)
-    maps, _, patch = nodes.score_maps(localizer, dataset, settings)
+    maps, _, patch, _ = nodes.score_maps(localizer, dataset, settings)
     stem = localizer.stem_maps(dataset["test_images"])
     expected = ((patch - calibration_patch.mean()) / calibration_patch.std() + (stem - calibration_stem.mean()) / calibration_stem.std())
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4)
@@ -187,8 +187,32 @@ def test_map_center_through_fit_localizer_centres_the_maps_on_each_image_and_nam
     plain_maps = nodes.score_maps(localizer, dataset, settings)[0]
     np.testing.assert_allclose(nodes.score_maps(centred, dataset, settings)[0], plain_maps - np.median(plain_maps.reshape(len(plain_maps), -1), 1)[:, None, None],
                                rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="localization.map_center: the map centre must be one of none, image_median, got 'mean'"):
+    with pytest.raises(ValueError, match="localization.map_center: the map centre must be one of none, image_median, got 'mean' or 'synthetic'"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "mean"}, DENSITY)
+
+
+def test_map_center_synthetic_through_fit_localizer_chooses_on_the_calibration_images_and_says_so():
+    """localization.map_center: synthetic: the centre chosen on synthetic defects in the calibration images (the same
+    choice as the core method's on them); score_maps' settings and the metrics' "maps" name it."""
+    import json
+
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    state_dict, dataset, split, settings, localizer = _fused_localizer()
+    stem = {**settings["stem"], "synthetic": {"copies": 1, "seed": 0}}
+    chosen = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "synthetic", "stem": stem}, DENSITY)
+    scores = localizer.choose_map_center(dataset["train_images"][split["calibration"]], copies=1, seed=0)
+    assert chosen.map_center == scores["chosen"] == localizer.map_center and chosen.center_scores == scores
+    assert chosen.component == "fused" and chosen.component_scores is None  # the component stays as set
+    maps, raw, patch, map_settings = nodes.score_maps(chosen, dataset, settings)
+    assert map_settings["map_center"] == chosen.map_center and map_settings["center_scores"] == scores and map_settings["fused"]
+    json.dumps(map_settings)  # stored as JSON
+    labels = (dataset["test_masks"].reshape(len(maps), -1).max(1) > 0).astype(int)
+    index = pd.DataFrame({"split": ["test"] * len(maps), "label": labels, "path": [f"x/test/kind/{number:03d}.png" for number in range(len(maps))]})
+    metrics, figure = nodes.evaluate_localization(maps, raw, patch, maps, dataset, index, {**settings, "figure_images": 1}, settings=map_settings)
+    plt.close(figure)
+    assert metrics["maps"].endswith(", centred on each image's median") == (chosen.map_center == "image_median")
 
 def _write_category(root, name: str) -> None:
     from PIL import Image

@@ -269,9 +269,10 @@ class MlflowTrackingHook:
 
     def _log_localizer(self, run_id: str, localizer) -> None:
         """Which maps a fused localizer returns (tag ``map_component``), how its normalised maps are centred (tag
-        ``map_center``) and, when it chose the maps on synthetic defects (``localization.stem.component: synthetic``),
-        every candidate's pixel and image AUROC there."""
-        from cutpaste.core.localize import COMPONENTS
+        ``map_center``) and, when it chose them on synthetic defects (``localization.stem.component`` or
+        ``localization.map_center``: synthetic), every candidate's pixel and image AUROC there
+        (``synthetic_<component>_*``, ``synthetic_center_<centre>_*``)."""
+        from cutpaste.core.localize import COMPONENTS, MAP_CENTERS
 
         if localizer.fused:
             self.client.set_tag(run_id, "map_component", localizer.component)
@@ -280,6 +281,9 @@ class MlflowTrackingHook:
         for component in COMPONENTS if localizer.component_scores else ():
             for key in ("pixel_auroc", "image_auroc"):
                 self.client.log_metric(run_id, f"synthetic_{component}_{key}", float(localizer.component_scores[component][key]))
+        for center in MAP_CENTERS if localizer.center_scores else ():
+            for key in ("pixel_auroc", "image_auroc"):
+                self.client.log_metric(run_id, f"synthetic_center_{center}_{key}", float(localizer.center_scores[center][key]))
 
     def _log_detector(self, run_id: str, detector) -> None:
         """Log the detector as an MLflow pyfunc model ("detector") of the category's run."""

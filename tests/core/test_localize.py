@@ -555,3 +555,40 @@ def test_a_centred_localizer_returns_its_maps_minus_each_image_median_and_keeps_
     with pytest.raises(ValueError, match="map centre must be one of none, image_median, got 'mean'"):
         Localizer(**{**vars(localizer), "map_center": "mean"})
 
+
+def test_the_map_centre_is_chosen_on_synthetic_defects_with_the_components_readings(tmp_path):
+    """choose_maps: one pass of held-out readings serves both choices, so the uncentred candidate of the centre
+    choice is the chosen component's own score; image_median is taken only at or above none + margin; the choice and
+    its scores survive a round trip, and new levels drop the scores but keep the choice."""
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import Localizer, center_on_image
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=4, n_test_defect=6, jitter_px=0)
+    fit, calibration = data["train_images"][:16], data["train_images"][16:]
+    localizer = _stem_localizer(fit, True)
+    localizer.calibrate(calibration)
+    chosen = localizer.choose_maps(calibration, component=True, center=True, copies=2, seed=0, margin=-1.0)
+    component, center = chosen["component"], chosen["center"]
+    assert center["none"] == component[localizer.component]  # the same readings: the chosen component, uncentred
+    best = max(("none", "image_median"), key=lambda name: center[name]["score"])
+    assert localizer.map_center == center["chosen"] == best and localizer.center_scores == center
+    for name in ("none", "image_median"):
+        assert 0.5 < center[name]["pixel_auroc"] <= 1.0 and center[name]["score"] == (center[name]["pixel_auroc"] + center[name]["image_auroc"]) / 2
+    assert localizer.choose_map_center(calibration, copies=2, seed=0, margin=1.0)["chosen"] == "none" == localizer.map_center
+    again = localizer.choose_map_center(calibration, copies=2, seed=0, margin=-1.0)
+    assert {name: again[name] for name in ("none", "image_median")} == {name: center[name] for name in ("none", "image_median")}
+    localizer.map_center = "image_median"
+    localizer.center_scores = again
+    localizer.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.map_center == "image_median" and loaded.center_scores == again
+    plain = localizer.fuse(localizer.maps_from_grids(localizer.score_grids(data["test_images"])), localizer.stem_maps(data["test_images"]))
+    np.testing.assert_allclose(loaded.score_maps(data["test_images"]), center_on_image(plain), rtol=1e-5, atol=1e-5)
+    loaded.calibrate(calibration)
+    assert loaded.map_center == "image_median" and loaded.center_scores is None
+    unfused = _tiny_localizer(True, fit)
+    unfused.calibrate(calibration)
+    with pytest.raises(ValueError, match="choosing the map centre needs a fused, calibrated localizer"):
+        unfused.choose_map_center(calibration)
+    with pytest.raises(ValueError, match="nothing to choose"):
+        localizer.choose_maps(calibration, component=False, center=False)

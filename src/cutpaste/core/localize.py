@@ -558,6 +558,7 @@ class Localizer:
     Map centre (``map_center``, normalised maps only): "image_median" reads every final map minus its own median
     pixel (:func:`center_on_image`), so a photo whose whole surface reads above or below the calibration images'
     level moves back and only what stands out within it remains; "none" leaves the maps as read.
+    :meth:`choose_map_center` picks it per category on the same synthetic defects as the component.
 
     Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
     median grey level is that reference, the fit images' median level (:func:`normalize_intensity`), so a
@@ -576,7 +577,7 @@ class Localizer:
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
                  stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None,
                  held_out_references: bool = False, fusion_reference: str = "pixel", component: str = "fused",
-                 component_scores: dict | None = None, map_center: str = "none") -> None:
+                 component_scores: dict | None = None, map_center: str = "none", center_scores: dict | None = None) -> None:
         check_fusion(fusion)
         check_map_center(map_center)
         check_fusion_reference(fusion_reference, fusion)
@@ -599,7 +600,7 @@ class Localizer:
         self.held_out_references = bool(held_out_references)
         self.fusion_reference = str(fusion_reference)
         self.component, self.component_scores = str(component), component_scores
-        self.map_center = str(map_center)
+        self.map_center, self.center_scores = str(map_center), center_scores
 
     @property
     def normalized(self) -> bool:
@@ -674,7 +675,7 @@ class Localizer:
         (K, G, G) raw patch scores. With registration, a location's statistics come from the
         calibration images whose registered patch there lies inside the photo."""
         grids, transforms, stems = self._level_inputs(calibration_images, progress)
-        self.component_scores = None  # a choice's scores were read against the levels set before
+        self.component_scores = self.center_scores = None  # a choice's scores were read against the levels set before
         self._set_levels(grids, transforms, stems, statistic)
         if self.stem is not None:
             held_out = self.held_out_references and len(grids) >= 3
@@ -786,7 +787,7 @@ class Localizer:
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, self._normalized_intensity(fit_images), setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
-        self.fusion_references, self.component_scores = {}, None
+        self.fusion_references, self.component_scores, self.center_scores = {}, None, None
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
         self.fusion = fusion
 
@@ -884,40 +885,75 @@ class Localizer:
 
     def choose_component(self, calibration_images: np.ndarray, copies: int = 4, seed: int = 0, margin: float = COMPONENT_MARGIN,
                          progress: bool = False) -> dict[str, dict[str, float]]:
-        """Choose the maps this localizer returns (``component``) without labels, on synthetic defects.
+        """Choose the maps this localizer returns (``component``) without labels, on synthetic defects
+        (:meth:`choose_maps` with the component alone). Returns each candidate's scores (also kept as
+        ``component_scores``)."""
+        return self.choose_maps(calibration_images, component=True, center=False, copies=copies, seed=seed, margin=margin,
+                                progress=progress)["component"]
+
+    def choose_map_center(self, calibration_images: np.ndarray, copies: int = 4, seed: int = 0, margin: float = COMPONENT_MARGIN,
+                          progress: bool = False) -> dict[str, dict[str, float]]:
+        """Choose how this localizer's maps are centred (``map_center``) without labels, on synthetic defects
+        (:meth:`choose_maps` with the centre alone). Returns each candidate's scores (also kept as ``center_scores``)."""
+        return self.choose_maps(calibration_images, component=False, center=True, copies=copies, seed=seed, margin=margin,
+                                progress=progress)["center"]
+
+    def choose_maps(self, calibration_images: np.ndarray, component: bool = True, center: bool = False, copies: int = 4, seed: int = 0,
+                    margin: float = COMPONENT_MARGIN, progress: bool = False) -> dict[str, dict]:
+        """Choose the maps this localizer returns without labels, on synthetic defects: the map ``component``
+        (fused, patch or stem) and/or the ``map_center`` (none or image_median).
 
         Every calibration image gets ``copies`` defective copies (:func:`cutpaste.core.synthetic.defective_copies`,
         seeded by ``seed``); each copy, and each clean calibration image, is read against the levels the
-        other calibration images set, as a new image is. Every candidate (fused, patch, stem) is scored by the
-        mean of its pixel AUROC (the copies' defect pixels against all other pixels, clean images included)
-        and its image AUROC (the map's maximum, copies against clean images). The fused maps are kept unless
-        a single map scores at least ``margin`` higher. Call after :meth:`calibrate`, on the same images.
-        Returns each candidate's scores (also kept as ``component_scores``)."""
+        other calibration images set, as a new image is (one pass of readings serves both choices). Every
+        candidate is scored by the mean of its pixel AUROC (the copies' defect pixels against all other pixels,
+        clean images included) and its image AUROC (the map's maximum, copies against clean images).
+        The component first, at the localizer's centre: the fused maps are kept unless a single map scores at
+        least ``margin`` higher. Then the centre, for that component: maps centred on each image's median are
+        taken only if they score at least ``margin`` higher than uncentred ones. Call after :meth:`calibrate`,
+        on the same images. Returns {"component": scores, "center": scores} for the choices made (also kept as
+        ``component_scores`` / ``center_scores``)."""
         from cutpaste.core.metrics import image_auroc, pixel_auroc
         from cutpaste.core.synthetic import defective_copies
 
+        if not (component or center):
+            raise ValueError("choose_maps: nothing to choose (component and center are both off)")
         if not (self.fused and self.normalized):
-            raise ValueError("choosing a map component needs a fused, calibrated localizer (fit_stem, then calibrate)")
+            raise ValueError(f"choosing the map {'component' if component else 'centre'} needs a fused, calibrated localizer (fit_stem, then calibrate)")
         if len(calibration_images) < 3:
-            raise ValueError(f"choosing a map component needs at least 3 calibration images, got {len(calibration_images)}")
+            raise ValueError(f"choosing the maps on synthetic defects needs at least 3 calibration images, got {len(calibration_images)}")
         defective, masks, owners = defective_copies(calibration_images, copies, seed)
         inputs = self._level_inputs(np.concatenate([calibration_images, defective]), progress)
         count = len(calibration_images)
         clean_patch, clean_stem, probe_patch, probe_stem = self._held_out_readings(
             *_take_inputs(inputs, slice(0, count)), self.norm_statistic, probes=(owners, *_take_inputs(inputs, slice(count, None))))
+
+        def read(name: str) -> np.ndarray:  # clean calibration images, then the copies: uncentred maps of component ``name``
+            return np.concatenate([self.fuse(clean_patch, clean_stem, name), self.fuse(probe_patch, probe_stem, name)])
         truth = np.concatenate([np.zeros((count, *masks.shape[1:]), dtype=np.uint8), masks])
         labels = np.r_[np.zeros(count), np.ones(len(masks))]
-        scores = {}
-        for component in COMPONENTS:
-            maps = self._centred(np.concatenate([self.fuse(clean_patch, clean_stem, component), self.fuse(probe_patch, probe_stem, component)]))
+
+        def score(maps: np.ndarray) -> dict[str, float]:
             pixel, image = pixel_auroc(truth, maps), image_auroc(labels, maps.reshape(len(maps), -1).max(1))
-            scores[component] = {"pixel_auroc": pixel, "image_auroc": image, "score": (pixel + image) / 2}
-        best = max(COMPONENTS, key=lambda name: scores[name]["score"])
-        self.component = best if scores[best]["score"] >= scores["fused"]["score"] + margin else "fused"
-        self.component_scores = {**scores, "chosen": self.component, "copies": int(copies), "seed": int(seed), "margin": float(margin)}
-        logger.info("map component on synthetic defects in %d calibration images (x%d): %s -> %s", count, copies,
-                    ", ".join(f"{name} {scores[name]['pixel_auroc']:.3f}/{scores[name]['image_auroc']:.3f}" for name in COMPONENTS), self.component)
-        return self.component_scores
+            return {"pixel_auroc": pixel, "image_auroc": image, "score": (pixel + image) / 2}
+
+        settings = {"copies": int(copies), "seed": int(seed), "margin": float(margin)}
+        chosen = {}
+        if component:
+            scores = {name: score(self._centred(read(name))) for name in COMPONENTS}
+            best = max(COMPONENTS, key=lambda name: scores[name]["score"])
+            self.component = best if scores[best]["score"] >= scores["fused"]["score"] + margin else "fused"
+            self.component_scores = chosen["component"] = {**scores, "chosen": self.component, **settings}
+            logger.info("map component on synthetic defects in %d calibration images (x%d): %s -> %s", count, copies,
+                        ", ".join(f"{name} {scores[name]['pixel_auroc']:.3f}/{scores[name]['image_auroc']:.3f}" for name in COMPONENTS), self.component)
+        if center:
+            maps = read(self.component)
+            scores = {"none": score(maps), "image_median": score(center_on_image(maps))}
+            self.map_center = "image_median" if scores["image_median"]["score"] >= scores["none"]["score"] + margin else "none"
+            self.center_scores = chosen["center"] = {**scores, "chosen": self.map_center, **settings}
+            logger.info("map centre on synthetic defects in %d calibration images (x%d): %s -> %s", count, copies,
+                        ", ".join(f"{name} {scores[name]['pixel_auroc']:.3f}/{scores[name]['image_auroc']:.3f}" for name in MAP_CENTERS), self.map_center)
+        return chosen
 
     def set_normalization(self, calibration_grids: np.ndarray, statistic: str = "log_ratio", transforms: np.ndarray | None = None) -> None:
         """The per-location normalisation from the (K, G, G) raw patch scores of normal calibration
@@ -1001,7 +1037,7 @@ class Localizer:
                 "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
                 "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references,
                 "fusion_reference": self.fusion_reference, "component": self.component, "component_scores": self.component_scores,
-                "map_center": self.map_center}
+                "map_center": self.map_center, "center_scores": self.center_scores}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -1047,4 +1083,5 @@ class Localizer:
                    patch_camera_level=arrays.get("patch_camera_level"), stem_camera_level=arrays.get("stem_camera_level"),
                    intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)),
                    fusion_reference=str(meta.get("fusion_reference", "pixel")), component=str(meta.get("component", "fused")),
-                   component_scores=meta.get("component_scores"), map_center=str(meta.get("map_center", "none")))
+                   component_scores=meta.get("component_scores"), map_center=str(meta.get("map_center", "none")),
+                   center_scores=meta.get("center_scores"))

@@ -168,12 +168,13 @@ def _component(localization: dict) -> str:
 
 
 def _map_center(localization: dict) -> str:
-    """How the final normalised maps are centred (``localization.map_center``: none or image_median)."""
+    """How the final normalised maps are centred (``localization.map_center``: none, image_median or synthetic)."""
     center = str(localization.get("map_center", "none"))
-    try:
-        localize.check_map_center(center)
-    except ValueError as error:
-        raise ValueError(f"localization.map_center: {error}") from error
+    if center != "synthetic":
+        try:
+            localize.check_map_center(center)
+        except ValueError as error:
+            raise ValueError(f"localization.map_center: {error} or 'synthetic'") from error
     return center
 
 
@@ -247,7 +248,7 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     localizer = localize.Localizer(state_dict, dict(model), fitted, dataset["image_size"], sizes["extract_patch_size"],
                                    sizes["stride"], sizes["sigma"], _embed_args(localization), registration=registration,
                                    intensity_reference=intensity_reference, held_out_references=bool(stem.get("held_out_references", False)),
-                                   fusion_reference=_fusion_reference(localization), map_center=map_center,
+                                   fusion_reference=_fusion_reference(localization), map_center="none" if map_center == "synthetic" else map_center,
                                    **(_camera_level(localization) if registration is not None else {}))
     statistic = _normalization(localization)
     if _fused(localization):
@@ -262,29 +263,42 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
     if statistic is not None:
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
         localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
-    if component != "fused" and not (localizer.fused and localizer.normalized):
-        logger.warning("%s: localization.stem.component %r needs fused maps (stem.fuse with log_ratio normalisation); the maps stay as they are",
-                       dataset["category"], component)
-    elif component == "synthetic":
-        synthetic = stem.get("synthetic") or {}
-        logger.info("%s: choosing the map component on synthetic defects in the calibration images", dataset["category"])
-        localizer.choose_component(dataset["train_images"][split["calibration"]], int(synthetic.get("copies", 4)), int(synthetic.get("seed", 0)),
-                                   progress=localization["training"].get("progress", True))  # copies x calibration images: minutes at 256 px
-    else:
+    fused_maps = localizer.fused and localizer.normalized
+    for setting, value in (("stem.component", component), ("map_center", map_center)):
+        if value not in ("fused", "none") and not fused_maps:
+            logger.warning("%s: localization.%s %r needs fused maps (stem.fuse with log_ratio normalisation); the maps stay as they are",
+                           dataset["category"], setting, value)
+    if component != "synthetic" and fused_maps:
         localizer.component = component
+    choose = [name for name, value in (("component", component), ("centre", map_center)) if value == "synthetic"] if fused_maps else []
+    if choose:
+        synthetic = stem.get("synthetic") or {}
+        logger.info("%s: choosing the map %s on synthetic defects in the calibration images", dataset["category"], " and ".join(choose))
+        localizer.choose_maps(dataset["train_images"][split["calibration"]], component="component" in choose, center="centre" in choose,
+                              copies=int(synthetic.get("copies", 4)), seed=int(synthetic.get("seed", 0)),
+                              progress=localization["training"].get("progress", True))  # copies x calibration images: minutes at 256 px
     logger.info("%s: patch density %.1f MB", dataset["category"], fitted.nbytes() / 1e6)
     return localizer
 
 
-def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def map_settings(localizer: localize.Localizer) -> dict:
+    """What the localizer's final maps are: normalised or not, fused or not, the component a fused localizer
+    returns and how its maps are centred, with the synthetic-defect scores of a choice made per category."""
+    return {"normalized": localizer.normalized, "fused": localizer.fused, "component": localizer.component,
+            "map_center": localizer.map_center if localizer.normalized else "none",
+            "component_scores": localizer.component_scores, "center_scores": localizer.center_scores}
+
+
+def score_maps(localizer: localize.Localizer, dataset: dict, localization: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(N_test, S, S) float32 pixel anomaly scores, three times, from one pass of dense scoring: the
     localizer's maps (normalised when it is calibrated, fused with the stem map when it has one), the
-    raw patch maps (squared Mahalanobis distances) and the patch maps before fusion."""
+    raw patch maps (squared Mahalanobis distances) and the patch maps before fusion; and the
+    localizer's :func:`map_settings` (what the first maps are)."""
     images, transforms = localizer.register(dataset["test_images"])
     grids = localizer.score_grids(images, progress=localization["training"].get("progress", True), registered=True)
     patch_maps = localizer.maps_from_grids(grids, transforms=transforms)
     maps = localizer.with_stem(patch_maps, dataset["test_images"], (images, transforms))
-    return maps, localizer.maps_from_grids(grids, normalized=False, transforms=transforms), patch_maps
+    return maps, localizer.maps_from_grids(grids, normalized=False, transforms=transforms), patch_maps, map_settings(localizer)
 
 
 def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, dataset: dict, model: dict, training: dict) -> np.ndarray:
@@ -295,9 +309,10 @@ def gradcam_maps(state_dict: dict, gde: GaussianDensity, image_dataset: dict, da
 
 
 def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np.ndarray, cams: np.ndarray, dataset: dict, index: pd.DataFrame,
-                          localization: dict, patch_history: pd.DataFrame | None = None):
+                          localization: dict, patch_history: pd.DataFrame | None = None, settings: dict | None = None):
     """Pixel AUROC, AUPRO (FPR <= 0.3), image AUROC from the map's max, of the maps, of the raw
-    (unnormalised) maps and, when the maps are fused with the stem, of the patch maps alone;
+    (unnormalised) maps and, when the maps are fused with the stem, of the patch maps alone (``settings``,
+    from :func:`map_settings`, say how the maps are centred; without them, ``localization.map_center``);
     GradCAM pixel AUROC; the patch model's proxy-task training accuracy at the end of its training
     (from ``patch_history``; near chance: its maps rest on close to untrained features); Figure 4
     with the maps and colour bars."""
@@ -316,7 +331,9 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
         "density": "per-location" if _per_location(dataset["category"], localization) else "shared",
         "maps": (f"fused with the stem ({fusion})" if fused else "normalised") if normalization is not None else "raw",
     }
-    if normalization is not None and _map_center(localization) == "image_median":
+    center = (settings or {}).get("map_center", _map_center(localization))
+    centred = normalization is not None and center == "image_median"
+    if centred:
         metrics["maps"] += ", centred on each image's median"
     if patch_history is not None:
         metrics["patch_proxy_accuracy"] = final_accuracy(patch_history)
@@ -329,7 +346,7 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
     names = [str(path).rsplit("/", 2)[-2] + "/" + str(path).rsplit("/", 1)[-1] for path in index.loc[index["split"] == "test", "path"].to_numpy()[chosen]]
     figure = report.localization_figure(dataset["test_images"][chosen], masks[chosen], maps[chosen], cams[chosen], names,
                                         f"{dataset['category']}: localization", normalization=_figure_unit(localization) if fused else normalization,
-                                        centred=normalization is not None and _map_center(localization) == "image_median")
+                                        centred=centred)
     return metrics, figure
 
 

@@ -27,12 +27,12 @@ def create_category_pipeline(category: str) -> Pipeline:
              ["patch_model", "patch_training_history"], name="train_patch_model"),
         node(nodes.fit_localizer, ["patch_model", "localization_dataset", "localization_split", "params:model", "params:localization",
                                    "params:density"], "localizer", name="fit_localizer"),
-        node(nodes.score_maps, ["localizer", "localization_dataset", "params:localization"], ["score_maps", "raw_score_maps", "patch_score_maps"],
-             name="score_maps"),
+        node(nodes.score_maps, ["localizer", "localization_dataset", "params:localization"],
+             ["score_maps", "raw_score_maps", "patch_score_maps", "map_settings"], name="score_maps"),
         node(nodes.gradcam_maps, ["model", "density", "dataset", "localization_dataset", "params:model", "params:training"],
              "gradcam_maps", name="gradcam_maps"),
         node(nodes.evaluate_localization, ["score_maps", "raw_score_maps", "patch_score_maps", "gradcam_maps", "localization_dataset",
-                                           "localization_index", "params:localization", "patch_training_history"],
+                                           "localization_index", "params:localization", "patch_training_history", "map_settings"],
              ["localization_metrics", "localization_figure"], name="evaluate_localization"),
     ])
     return pipeline(template, namespace=category, parameters={f"params:{name}" for name in LOCALIZATION_PARAMETERS})
