@@ -156,26 +156,25 @@ def _fusion_reference(localization: dict) -> str:
     return reference
 
 
+def _fixed_or_synthetic(value: str, check, key: str) -> str:
+    """A map setting that is either one of its fixed values (``check`` refuses others) or "synthetic" (chosen per
+    category on synthetic defects); a bad value is refused naming ``localization.<key>``."""
+    if value != "synthetic":
+        try:
+            check(value)
+        except ValueError as error:
+            raise ValueError(f"localization.{key}: {error} or 'synthetic'") from error
+    return value
+
+
 def _component(localization: dict) -> str:
     """The maps a fused localizer returns (``localization.stem.component``: fused, patch, stem or synthetic)."""
-    component = str((localization.get("stem") or {}).get("component", "fused"))
-    if component != "synthetic":
-        try:
-            localize.check_component(component)
-        except ValueError as error:
-            raise ValueError(f"localization.stem.component: {error} or 'synthetic'") from error
-    return component
+    return _fixed_or_synthetic(str((localization.get("stem") or {}).get("component", "fused")), localize.check_component, "stem.component")
 
 
 def _map_center(localization: dict) -> str:
     """How the final normalised maps are centred (``localization.map_center``: none, image_median or synthetic)."""
-    center = str(localization.get("map_center", "none"))
-    if center != "synthetic":
-        try:
-            localize.check_map_center(center)
-        except ValueError as error:
-            raise ValueError(f"localization.map_center: {error} or 'synthetic'") from error
-    return center
+    return _fixed_or_synthetic(str(localization.get("map_center", "none")), localize.check_map_center, "map_center")
 
 
 def _figure_unit(localization: dict) -> str:
