@@ -2,11 +2,12 @@
 with the two test categories in parallel, tracked by one MLflow server on 127.0.0.1."""
 
 import os
+import shutil
 import subprocess
 
 import pytest
 import servers
-from conftest import TINY_CATEGORIES
+from conftest import TINY_CATEGORIES, make_project_copy
 from mlflow import MlflowClient
 
 from cutpaste.engine import TEMPLATE
@@ -21,8 +22,21 @@ def generate_dag(project, env: str = "test", pipeline: str = "detection") -> Non
                    cwd=project, env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "KEDRO_ENV": env}, check=True, capture_output=True)
 
 
-def test_detection_dag_runs_the_categories_in_parallel_under_one_parent_run(project_copy, tmp_path, monkeypatch):
-    generate_dag(project_copy)
+@pytest.fixture(scope="module")
+def detection_dags(tmp_path_factory):
+    """The detection DAG of env "test", generated once (``kedro airflow create`` takes seconds): it reads the
+    project's configuration when its tasks run, so every test copies the folder into its own project."""
+    project = make_project_copy(tmp_path_factory.mktemp("dag") / "project")
+    generate_dag(project)
+    return project / "airflow_dags"
+
+
+def _with_dags(project, dags) -> None:
+    shutil.copytree(dags, project / "airflow_dags")
+
+
+def test_detection_dag_runs_the_categories_in_parallel_under_one_parent_run(project_copy, detection_dags, tmp_path, monkeypatch):
+    _with_dags(project_copy, detection_dags)
     dag_file = project_copy / "airflow_dags" / "cutpaste_test_detection_dag.py"
     assert dag_file.is_file()
     server, uri = servers.start_tracking_server(tmp_path / "tracking")
@@ -52,10 +66,10 @@ def test_detection_dag_runs_the_categories_in_parallel_under_one_parent_run(proj
     assert (project_copy / "data/08_reporting/detection_table.csv").is_file()
 
 
-def test_a_failing_category_task_fails_the_dag_run_and_its_parent_run(project_copy, tmp_path, monkeypatch):
+def test_a_failing_category_task_fails_the_dag_run_and_its_parent_run(project_copy, detection_dags, tmp_path, monkeypatch):
     (project_copy / "conf/test/parameters.yml").write_text((project_copy / "conf/test/parameters.yml").read_text().replace("generate: true", "generate: false")
                                                            + "data_root: no_such_folder\n")
-    generate_dag(project_copy)
+    _with_dags(project_copy, detection_dags)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'tracking.db'}")
     result = run_dag("cutpaste_detection_test", project_copy, airflow_home=tmp_path / "airflow", timeout_s=400)
     assert result.returncode != 0

@@ -187,7 +187,7 @@ def test_map_center_through_fit_localizer_centres_the_maps_on_each_image_and_nam
     plain_maps = nodes.score_maps(localizer, dataset, settings)[0]
     np.testing.assert_allclose(nodes.score_maps(centred, dataset, settings)[0], plain_maps - np.median(plain_maps.reshape(len(plain_maps), -1), 1)[:, None, None],
                                rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="localization.map_center: the map centre must be one of none, image_median, got 'mean' or 'synthetic'"):
+    with pytest.raises(ValueError, match="localization.map_center: the map centre must be one of none, image_median, image_median_capped, got 'mean' or 'synthetic'"):
         nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "mean"}, DENSITY)
 
 
@@ -213,6 +213,35 @@ def test_map_center_synthetic_through_fit_localizer_chooses_on_the_calibration_i
     metrics, figure = nodes.evaluate_localization(maps, raw, patch, maps, dataset, index, {**settings, "figure_images": 1}, settings=map_settings)
     plt.close(figure)
     assert metrics["maps"].endswith(", centred on each image's median") == (chosen.map_center == "image_median")
+
+def test_a_capped_centre_through_fit_localizer_takes_its_cap_from_the_calibration_split_and_says_so():
+    """localization.map_center: image_median_capped: calibrate keeps the held-out calibration maps' medians, the
+    test maps are centred on the lower of their median and the highest of those; map_settings carry the cap, and
+    the metrics' "maps" and the figure name the centre."""
+    import json
+
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from cutpaste.core.localize import center_on_image
+
+    state_dict, dataset, split, settings, localizer = _fused_localizer()
+    capped = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "image_median_capped"}, DENSITY)
+    assert capped.map_center == "image_median_capped" and len(capped.calibration_medians["fused"]) == len(split["calibration"])
+    expected = localizer.read_calibration_medians(dataset["train_images"][split["calibration"]])  # the same levels, read again
+    np.testing.assert_allclose(capped.calibration_medians["fused"], expected["fused"], rtol=1e-5, atol=1e-6)
+    maps, raw, patch, map_settings = nodes.score_maps(capped, dataset, settings)
+    plain = nodes.score_maps(localizer, dataset, settings)[0]
+    assert map_settings["map_center"] == "image_median_capped" and map_settings["center_cap"] == max(expected["fused"])
+    np.testing.assert_allclose(maps, center_on_image(plain, cap=map_settings["center_cap"]), rtol=1e-4, atol=1e-4)
+    json.dumps(map_settings)
+    labels = (dataset["test_masks"].reshape(len(maps), -1).max(1) > 0).astype(int)
+    index = pd.DataFrame({"split": ["test"] * len(maps), "label": labels, "path": [f"x/test/kind/{number:03d}.png" for number in range(len(maps))]})
+    metrics, figure = nodes.evaluate_localization(maps, raw, patch, maps, dataset, index, {**settings, "figure_images": 1}, settings=map_settings)
+    assert metrics["maps"].endswith(", centred on each image's median (at most the calibration images' highest)")
+    assert any("minus min(median, normal max)" in (axis.get_ylabel() or "") for axis in figure.axes)
+    plt.close(figure)
+
 
 def _write_category(root, name: str) -> None:
     from PIL import Image

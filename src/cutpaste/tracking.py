@@ -269,19 +269,21 @@ class MlflowTrackingHook:
 
     def _log_localizer(self, run_id: str, localizer) -> None:
         """Which maps a fused localizer returns (tag ``map_component``), how its normalised maps are centred (tag
-        ``map_center``) and, when it chose them on synthetic defects (``localization.stem.component`` or
+        ``map_center``; with "image_median_capped" its cap, metric ``map_center_cap``) and, when it chose them on synthetic defects (``localization.stem.component`` or
         ``localization.map_center``: synthetic), every candidate's pixel and image AUROC there
         (``synthetic_<component>_*``, ``synthetic_center_<centre>_*``)."""
-        from cutpaste.core.localize import COMPONENTS, MAP_CENTERS
+        from cutpaste.core.localize import COMPONENTS, SYNTHETIC_CENTERS
 
         if localizer.fused:
             self.client.set_tag(run_id, "map_component", localizer.component)
         if localizer.normalized:
             self.client.set_tag(run_id, "map_center", localizer.map_center)
+            if localizer.map_center == "image_median_capped":  # the most it subtracts: the calibration maps' highest median
+                self.client.log_metric(run_id, "map_center_cap", localizer.center_cap())
         for component in COMPONENTS if localizer.component_scores else ():
             for key in ("pixel_auroc", "image_auroc"):
                 self.client.log_metric(run_id, f"synthetic_{component}_{key}", float(localizer.component_scores[component][key]))
-        for center in MAP_CENTERS if localizer.center_scores else ():
+        for center in SYNTHETIC_CENTERS if localizer.center_scores else ():
             for key in ("pixel_auroc", "image_auroc"):
                 self.client.log_metric(run_id, f"synthetic_center_{center}_{key}", float(localizer.center_scores[center][key]))
 

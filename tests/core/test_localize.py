@@ -552,8 +552,78 @@ def test_a_centred_localizer_returns_its_maps_minus_each_image_median_and_keeps_
     del meta["map_center"]
     (tmp_path / "loc" / "localizer.json").write_text(json.dumps(meta))
     assert Localizer.load(tmp_path / "loc").map_center == "none"
-    with pytest.raises(ValueError, match="map centre must be one of none, image_median, got 'mean'"):
+    with pytest.raises(ValueError, match="map centre must be one of none, image_median, image_median_capped, got 'mean'"):
         Localizer(**{**vars(localizer), "map_center": "mean"})
+
+
+def test_a_capped_centre_removes_offsets_up_to_the_cap_and_keeps_the_excess_above_it():
+    from cutpaste.core.localize import center_on_image
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    maps -= np.median(maps.reshape(3, -1), 1)[:, None, None]  # each median 0
+    shifted = maps + np.array([-2.0, 0.5, 5.0], dtype=np.float32)[:, None, None]  # a softer, a typical, an abnormally hot photo
+    capped = center_on_image(shifted, cap=1.0)
+    np.testing.assert_allclose(capped[:2], maps[:2], atol=1e-5)  # offsets up to the cap are removed, one below any normal too
+    np.testing.assert_allclose(capped[2], maps[2] + 4.0, atol=1e-5)  # 5 above, cap 1: the excess of 4 stays
+    np.testing.assert_allclose(center_on_image(shifted, cap=None), center_on_image(shifted), atol=0)
+    with pytest.raises(ValueError, match="cap must be a finite number"):
+        center_on_image(shifted, cap=float("nan"))
+
+
+def test_a_capped_localizer_takes_its_cap_from_held_out_calibration_maps_and_keeps_it_through_a_round_trip(tmp_path):
+    """map_center="image_median_capped": calibrate reads each calibration image against the other images' levels
+    and keeps every map's medians; the cap is the highest median of the maps the localizer returns (each component
+    its own); a test map is centred on the lower of its median and the cap. The medians survive a round trip, new
+    levels drop them (and the maps say what to do), and the same medians come from a stored localizer."""
+    import json
+
+    from cutpaste.core.aligned import aligned_object_dataset
+    from cutpaste.core.localize import COMPONENTS, Localizer, center_on_image
+
+    data = aligned_object_dataset(size=32, n_train=24, n_test_good=4, n_test_defect=6, jitter_px=0)
+    fit, calibration = data["train_images"][:16], data["train_images"][16:]
+    localizer = _stem_localizer(fit, True)
+    localizer.calibrate(calibration)
+    plain = localizer.score_maps(data["test_images"])
+    capped = _stem_localizer(fit, True)
+    capped.map_center = "image_median_capped"
+    capped.calibrate(calibration)
+    np.testing.assert_allclose(capped.norm_center, localizer.norm_center)  # the levels are those of all K images
+    assert set(capped.calibration_medians) == set(COMPONENTS) and all(len(values) == len(calibration) for values in capped.calibration_medians.values())
+    # held out: the medians of each calibration image's maps read against the levels the other images set
+    held_patch, held_stem = localizer._held_out_readings(*localizer._level_inputs(calibration), "log_ratio")
+    held = localizer.fuse(held_patch, held_stem)
+    np.testing.assert_allclose(capped.calibration_medians["fused"], np.median(held.reshape(len(held), -1), 1), rtol=1e-5, atol=1e-6)
+    cap = capped.center_cap()
+    assert cap == max(capped.calibration_medians["fused"]) and capped.center_cap("stem") == max(capped.calibration_medians["stem"])
+    np.testing.assert_allclose(capped.score_maps(data["test_images"]), center_on_image(plain, cap=cap), rtol=1e-5, atol=1e-5)
+    capped.component = "stem"  # another component, its own cap
+    stem_plain = localizer.fuse(localizer.maps_from_grids(localizer.score_grids(data["test_images"])), localizer.stem_maps(data["test_images"]), "stem")
+    np.testing.assert_allclose(capped.score_maps(data["test_images"]), center_on_image(stem_plain, cap=capped.center_cap("stem")), rtol=1e-5, atol=1e-5)
+    capped.component = "fused"
+    capped.save(tmp_path / "loc")
+    loaded = Localizer.load(tmp_path / "loc")
+    assert loaded.map_center == "image_median_capped" and loaded.calibration_medians == capped.calibration_medians
+    np.testing.assert_allclose(loaded.score_maps(data["test_images"]), center_on_image(plain, cap=cap), rtol=1e-5, atol=1e-5)
+    assert "calibration_medians" in json.loads((tmp_path / "loc" / "localizer.json").read_text())
+    # a stored localizer at another centre reads the same medians without calibrating again
+    assert localizer.calibration_medians is None
+    np.testing.assert_allclose(localizer.read_calibration_medians(calibration)["fused"], capped.calibration_medians["fused"], rtol=1e-5, atol=1e-6)
+    loaded.fit_stem(fit, max_vectors=10**6, seed=0, per_location=True)  # new levels: the medians no longer hold
+    assert loaded.calibration_medians is None
+    with pytest.raises(ValueError, match="image_median_capped needs the calibration images' held-out map medians"):
+        loaded.center_cap()
+    few = _stem_localizer(fit, True)
+    few.map_center = "image_median_capped"
+    with pytest.raises(ValueError, match="needs at least 3 calibration images, got 2"):
+        few.calibrate(calibration[:2])
+    unfused = _tiny_localizer(True, fit)  # no stem density: the patch maps' medians
+    unfused.map_center = "image_median_capped"
+    unfused.calibrate(calibration)
+    assert set(unfused.calibration_medians) == {"patch"}
+    unfused_plain = unfused.maps_from_grids(unfused.score_grids(data["test_images"]))
+    np.testing.assert_allclose(unfused.score_maps(data["test_images"]), center_on_image(unfused_plain, cap=unfused.center_cap()), rtol=1e-5, atol=1e-5)
 
 
 def test_the_map_centre_is_chosen_on_synthetic_defects_with_the_components_readings(tmp_path):

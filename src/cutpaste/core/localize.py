@@ -348,7 +348,8 @@ COMPONENTS = ("fused", "patch", "stem")
 COMPONENT_MARGIN = 0.01  # a single map replaces the fused one only if its synthetic-defect score is at least this much higher
 
 
-MAP_CENTERS = ("none", "image_median")
+MAP_CENTERS = ("none", "image_median", "image_median_capped")
+SYNTHETIC_CENTERS = ("none", "image_median")  # what map_center "synthetic" chooses between
 
 
 def check_map_center(center: str) -> None:
@@ -356,14 +357,21 @@ def check_map_center(center: str) -> None:
         raise ValueError(f"the map centre must be one of {', '.join(MAP_CENTERS)}, got {center!r}")
 
 
-def center_on_image(maps: np.ndarray) -> np.ndarray:
+def center_on_image(maps: np.ndarray, cap: float | None = None) -> np.ndarray:
     """(N, H, W) maps, each minus its own median pixel: 0 = the image's typical reading. A photo whose whole
     surface reads higher or lower than the calibration images' (sharper, softer, another finish) moves back,
-    and what stands out within the image stays; a defect over more than half the image would be centred away."""
+    and what stands out within the image stays; a defect over more than half the image would be centred away.
+    ``cap``: each map minus the lower of its median and ``cap`` (the highest median normal images show), so a
+    map whose whole surface reads above every normal image's keeps that excess."""
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3:
         raise ValueError(f"need (N, H, W) maps to centre, got shape {maps.shape}")
-    return (maps - np.median(maps.reshape(len(maps), -1), axis=1)[:, None, None]).astype(np.float32)
+    medians = np.median(maps.reshape(len(maps), -1), axis=1)
+    if cap is not None:
+        if not np.isfinite(cap):
+            raise ValueError(f"the centre's cap must be a finite number, got {cap}")
+        medians = np.minimum(medians, np.float32(cap))
+    return (maps - medians[:, None, None]).astype(np.float32)
 
 
 def check_component(component: str) -> None:
@@ -495,7 +503,8 @@ STEM_BATCH_IMAGES = 8  # images per stem pass: at 256 px, 8 x 128 x 128 location
 def _take_inputs(inputs: tuple, selection) -> tuple:
     """Some images' part of (grids, transforms, stems) as :meth:`Localizer._level_inputs` returns them."""
     grids, transforms, stems = inputs
-    return grids[selection], None if transforms is None else transforms[selection], tuple(None if maps is None else maps[selection] for maps in stems)
+    stems = None if stems is None else tuple(None if maps is None else maps[selection] for maps in stems)
+    return grids[selection], None if transforms is None else transforms[selection], stems
 
 
 class Localizer:
@@ -557,7 +566,10 @@ class Localizer:
 
     Map centre (``map_center``, normalised maps only): "image_median" reads every final map minus its own median
     pixel (:func:`center_on_image`), so a photo whose whole surface reads above or below the calibration images'
-    level moves back and only what stands out within it remains; "none" leaves the maps as read.
+    level moves back and only what stands out within it remains; "image_median_capped" subtracts the lower of
+    the median and the highest median among the calibration images' maps (each read against the levels the other
+    calibration images set, as a new image is: ``calibration_medians``, set by :meth:`calibrate`), so a whole-map
+    offset within the range normal images show is removed and one above it stays; "none" leaves the maps as read.
     :meth:`choose_map_center` picks it per category on the same synthetic defects as the component.
 
     Intensity normalisation (``intensity_reference``, a grey level): every image is first scaled so its
@@ -577,7 +589,8 @@ class Localizer:
                  camera_level: bool = False, camera_tolerance: int = 2, patch_camera_level: np.ndarray | None = None,
                  stem_camera_level: np.ndarray | None = None, intensity_reference: float | None = None,
                  held_out_references: bool = False, fusion_reference: str = "pixel", component: str = "fused",
-                 component_scores: dict | None = None, map_center: str = "none", center_scores: dict | None = None) -> None:
+                 component_scores: dict | None = None, map_center: str = "none", center_scores: dict | None = None,
+                 calibration_medians: dict[str, list[float]] | None = None) -> None:
         check_fusion(fusion)
         check_map_center(map_center)
         check_fusion_reference(fusion_reference, fusion)
@@ -601,6 +614,7 @@ class Localizer:
         self.fusion_reference = str(fusion_reference)
         self.component, self.component_scores = str(component), component_scores
         self.map_center, self.center_scores = str(map_center), center_scores
+        self.calibration_medians = None if calibration_medians is None else {key: [float(v) for v in values] for key, values in calibration_medians.items()}
 
     @property
     def normalized(self) -> bool:
@@ -675,15 +689,57 @@ class Localizer:
         (K, G, G) raw patch scores. With registration, a location's statistics come from the
         calibration images whose registered patch there lies inside the photo."""
         grids, transforms, stems = self._level_inputs(calibration_images, progress)
-        self.component_scores = self.center_scores = None  # a choice's scores were read against the levels set before
+        self.component_scores = self.center_scores = self.calibration_medians = None  # read against the levels set before
         self._set_levels(grids, transforms, stems, statistic)
+        capped = self.map_center == "image_median_capped"
+        if capped and len(grids) < 3:
+            raise ValueError(f"map_center image_median_capped reads each calibration image against the others' levels: "
+                             f"it needs at least 3 calibration images, got {len(grids)}")
+        held_out_readings = self._held_out_readings(grids, transforms, stems, statistic) if capped else None
         if self.stem is not None:
             held_out = self.held_out_references and len(grids) >= 3
             if self.held_out_references and not held_out:
                 logger.warning("held-out fusion references need at least 3 calibration images, got %d: read in sample", len(grids))
-            patch, stem = self._held_out_readings(grids, transforms, stems, statistic) if held_out else self._readings(grids, transforms, stems)
+            if held_out:
+                patch, stem = held_out_readings or self._held_out_readings(grids, transforms, stems, statistic)
+            else:
+                patch, stem = self._readings(grids, transforms, stems)
             self.set_fusion_references(patch, stem)
+        if capped:
+            self.calibration_medians = self._map_medians(*held_out_readings)
         return grids
+
+    def read_calibration_medians(self, calibration_images: np.ndarray, progress: bool = False) -> dict[str, list[float]]:
+        """Set ``calibration_medians`` (what ``map_center`` "image_median_capped" needs) on a calibrated localizer
+        without calibrating it again: each calibration image read against the levels the other calibration
+        images set. Give the images it was calibrated on. Returns {map: [median per image]}."""
+        if not self.normalized:
+            raise ValueError("the calibration map medians need a calibrated localizer (calibrate)")
+        if len(calibration_images) < 3:
+            raise ValueError(f"the held-out calibration map medians need at least 3 calibration images, got {len(calibration_images)}")
+        grids, transforms, stems = self._level_inputs(calibration_images, progress)
+        self.calibration_medians = self._map_medians(*self._held_out_readings(grids, transforms, stems, self.norm_statistic))
+        return self.calibration_medians
+
+    def _map_medians(self, patch: np.ndarray, stem: np.ndarray | None) -> dict[str, list[float]]:
+        """Each image's median pixel in every map this localizer can return (the fused maps and each
+        component with a stem density, else the patch maps), uncentred: {map: [median per image]}."""
+        def medians(maps: np.ndarray) -> list[float]:
+            return np.median(np.asarray(maps, dtype=np.float64).reshape(len(maps), -1), axis=1).tolist()
+
+        if not self.fused:
+            return {"patch": medians(patch)}
+        return {name: medians(self.fuse(patch, stem, name)) for name in COMPONENTS}
+
+    def center_cap(self, component: str | None = None) -> float:
+        """The highest median among the held-out calibration maps of ``component`` (default: the maps this
+        localizer returns), what ``map_center`` "image_median_capped" subtracts at most."""
+        if not self.calibration_medians:
+            raise ValueError("map_center image_median_capped needs the calibration images' held-out map medians: calibrate the localizer")
+        key = (component or self.component) if self.fused else "patch"
+        if key not in self.calibration_medians:
+            raise ValueError(f"the calibration map medians hold {sorted(self.calibration_medians)}, not the {key!r} maps this localizer returns")
+        return float(max(self.calibration_medians[key]))
 
     def _level_inputs(self, images: np.ndarray, progress: bool = False) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
         """What the levels are set from and read against: the images' (N, G, G) raw patch scores, their
@@ -712,10 +768,11 @@ class Localizer:
             if self.camera_level:  # and the level where the camera sees them
                 self.stem_camera_level = self._camera_frame_level(camera)
 
-    def _readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def _readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Images' patch and stem maps read against the localizer's levels, from their raw patch scores and
-        their stem maps (``stems``, as :meth:`calibrate` computes them)."""
-        return self.maps_from_grids(grids, normalized=True, transforms=transforms), self._stem_reading(*stems, transforms)
+        their stem maps (``stems``, as :meth:`calibrate` computes them; None without a stem density: no stem maps)."""
+        patch = self.maps_from_grids(grids, normalized=True, transforms=transforms)
+        return patch, None if stems is None else self._stem_reading(*stems, transforms)
 
     def _held_out_readings(self, grids: np.ndarray, transforms: np.ndarray | None, stems: tuple, statistic: str,
                            probes: tuple | None = None) -> tuple[np.ndarray, ...]:
@@ -737,7 +794,7 @@ class Localizer:
             stem.append(one_stem)
             if probes is not None and (made := np.flatnonzero(probes[0] == index)).size:
                 probe_reads.append((made, *other._readings(*_take_inputs(probes[1:], made))))
-        readings = (np.concatenate(patch), np.concatenate(stem))
+        readings = (np.concatenate(patch), None if stems is None else np.concatenate(stem))
         if probes is None:
             return readings
         made = np.concatenate([read[0] for read in probe_reads])
@@ -787,7 +844,7 @@ class Localizer:
         network, setup = self._stem_network()
         self.stem = fit_stem_density(network, self._normalized_intensity(fit_images), setup, batch_size=STEM_BATCH_IMAGES, max_vectors=max_vectors, seed=seed,
                                      shrinkage=self.density.shrinkage)
-        self.fusion_references, self.component_scores, self.center_scores = {}, None, None
+        self.fusion_references, self.component_scores, self.center_scores, self.calibration_medians = {}, None, None, None
         self.stem_per_location, self.stem_center, self.stem_tolerance = bool(per_location), None, int(tolerance)
         self.fusion = fusion
 
@@ -940,7 +997,7 @@ class Localizer:
         settings = {"copies": int(copies), "seed": int(seed), "margin": float(margin)}
         chosen = {}
         if component:
-            scores = {name: score(self._centred(read(name))) for name in COMPONENTS}
+            scores = {name: score(self._centred(read(name), name)) for name in COMPONENTS}
             best = max(COMPONENTS, key=lambda name: scores[name]["score"])
             self.component = best if scores[best]["score"] >= scores["fused"]["score"] + margin else "fused"
             self.component_scores = chosen["component"] = {**scores, "chosen": self.component, **settings}
@@ -952,7 +1009,7 @@ class Localizer:
             self.map_center = "image_median" if scores["image_median"]["score"] >= scores["none"]["score"] + margin else "none"
             self.center_scores = chosen["center"] = {**scores, "chosen": self.map_center, **settings}
             logger.info("map centre on synthetic defects in %d calibration images (x%d): %s -> %s", count, copies,
-                        ", ".join(f"{name} {scores[name]['pixel_auroc']:.3f}/{scores[name]['image_auroc']:.3f}" for name in MAP_CENTERS), self.map_center)
+                        ", ".join(f"{name} {scores[name]['pixel_auroc']:.3f}/{scores[name]['image_auroc']:.3f}" for name in SYNTHETIC_CENTERS), self.map_center)
         return chosen
 
     def set_normalization(self, calibration_grids: np.ndarray, statistic: str = "log_ratio", transforms: np.ndarray | None = None) -> None:
@@ -1003,8 +1060,13 @@ class Localizer:
         maps = self.fuse(patch_maps, self.stem_maps(images, registered)) if self.fused and self.normalized else patch_maps
         return self._centred(maps) if self.normalized else maps
 
-    def _centred(self, maps: np.ndarray) -> np.ndarray:
-        return center_on_image(maps) if self.map_center == "image_median" else maps
+    def _centred(self, maps: np.ndarray, component: str | None = None) -> np.ndarray:
+        """Final maps (of ``component``, default the localizer's) centred as ``map_center`` says."""
+        if self.map_center == "image_median":
+            return center_on_image(maps)
+        if self.map_center == "image_median_capped":
+            return center_on_image(maps, cap=self.center_cap(component))
+        return maps
 
     def save(self, folder) -> None:
         import json
@@ -1037,7 +1099,7 @@ class Localizer:
                 "camera_level": self.camera_level, "camera_tolerance": self.camera_tolerance,
                 "intensity_reference": self.intensity_reference, "held_out_references": self.held_out_references,
                 "fusion_reference": self.fusion_reference, "component": self.component, "component_scores": self.component_scores,
-                "map_center": self.map_center, "center_scores": self.center_scores}
+                "map_center": self.map_center, "center_scores": self.center_scores, "calibration_medians": self.calibration_medians}
         (folder / "localizer.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -1084,4 +1146,4 @@ class Localizer:
                    intensity_reference=meta.get("intensity_reference"), held_out_references=bool(meta.get("held_out_references", False)),
                    fusion_reference=str(meta.get("fusion_reference", "pixel")), component=str(meta.get("component", "fused")),
                    component_scores=meta.get("component_scores"), map_center=str(meta.get("map_center", "none")),
-                   center_scores=meta.get("center_scores"))
+                   center_scores=meta.get("center_scores"), calibration_medians=meta.get("calibration_medians"))

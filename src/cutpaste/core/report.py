@@ -189,7 +189,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.ndarray, gradcam_maps: np.ndarray | None, names: list[str],
-                        title: str, normalization: str | None = "log_ratio", centred: bool = False) -> plt.Figure:
+                        title: str, normalization: str | None = "log_ratio", centred: bool | str = False) -> plt.Figure:
     """The paper's Figure 4: per image, input / ground-truth outline / GradCAM / patch-model heatmap,
     each heatmap with a colour bar.
 
@@ -202,7 +202,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
     "median_mad" (calibration spreads above the normal level); the scale runs from 0 to
     the 99.9th percentile of the shown maps (at least 3; one hot spot does not wash out the others).
     None: raw maps, spanning the 1st to 99.9th percentile of the shown maps. ``centred``: the maps are read
-    minus each image's median (``localization.map_center: image_median``), which the colour bar says.
+    minus each image's median (True or "image_median": ``localization.map_center: image_median``; "image_median_capped":
+    minus the lower of the median and the calibration images' highest), which the colour bar says.
     GradCAM maps are scaled per image to their maximum (GradCAM has no absolute unit).
 
     Args:
@@ -222,7 +223,8 @@ def localization_figure(images: np.ndarray, masks: np.ndarray, patch_maps: np.nd
         patch_range = (float(np.percentile(patch_maps, 1)), float(np.percentile(patch_maps, 99.9)))
         patch_label = "patch score (raw Mahalanobis$^2$)"
     if centred and normalization is not None:
-        patch_label += "\nminus the image's median"  # a second line: one line overflows the panel
+        # a second line: one line overflows the panel
+        patch_label += "\nminus min(median, normal max)" if centred == "image_median_capped" else "\nminus the image's median"
     figure, axes = plt.subplots(len(images), columns, figsize=(2.7 * columns, 2.4 * len(images)), squeeze=False)
     for row, image in enumerate(images):
         overlay = image.copy()

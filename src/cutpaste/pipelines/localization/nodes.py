@@ -263,8 +263,8 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
         logger.info("%s: normalising maps per location (%s) from %d calibration images", dataset["category"], statistic, len(split["calibration"]))
         localizer.calibrate(dataset["train_images"][split["calibration"]], statistic)
     fused_maps = localizer.fused and localizer.normalized
-    for setting, value in (("stem.component", component), ("map_center", map_center)):
-        if value not in ("fused", "none") and not fused_maps:
+    for setting, value in (("stem.component", component), ("map_center", "synthetic" if map_center == "synthetic" else "none")):
+        if value not in ("fused", "none") and not fused_maps:  # a fixed centre applies to any normalised maps
             logger.warning("%s: localization.%s %r needs fused maps (stem.fuse with log_ratio normalisation); the maps stay as they are",
                            dataset["category"], setting, value)
     if component != "synthetic" and fused_maps:
@@ -283,8 +283,9 @@ def fit_localizer(state_dict: dict, dataset: dict, split: dict, model: dict, loc
 def map_settings(localizer: localize.Localizer) -> dict:
     """What the localizer's final maps are: normalised or not, fused or not, the component a fused localizer
     returns and how its maps are centred, with the synthetic-defect scores of a choice made per category."""
-    return {"normalized": localizer.normalized, "fused": localizer.fused, "component": localizer.component,
-            "map_center": localizer.map_center if localizer.normalized else "none",
+    center = localizer.map_center if localizer.normalized else "none"
+    return {"normalized": localizer.normalized, "fused": localizer.fused, "component": localizer.component, "map_center": center,
+            "center_cap": localizer.center_cap() if center == "image_median_capped" else None,
             "component_scores": localizer.component_scores, "center_scores": localizer.center_scores}
 
 
@@ -331,9 +332,9 @@ def evaluate_localization(maps: np.ndarray, raw_maps: np.ndarray, patch_maps: np
         "maps": (f"fused with the stem ({fusion})" if fused else "normalised") if normalization is not None else "raw",
     }
     center = (settings or {}).get("map_center", _map_center(localization))
-    centred = normalization is not None and center == "image_median"
+    centred = center if normalization is not None and center in ("image_median", "image_median_capped") else False
     if centred:
-        metrics["maps"] += ", centred on each image's median"
+        metrics["maps"] += ", centred on each image's median" + (" (at most the calibration images' highest)" if centred == "image_median_capped" else "")
     if patch_history is not None:
         metrics["patch_proxy_accuracy"] = final_accuracy(patch_history)
     if fused:
