@@ -224,6 +224,7 @@ def test_a_capped_centre_through_fit_localizer_takes_its_cap_from_the_calibratio
     import pandas as pd
 
     from cutpaste.core.localize import center_on_image
+    from cutpaste.tracking import MlflowTrackingHook
 
     state_dict, dataset, split, settings, localizer = _fused_localizer()
     capped = nodes.fit_localizer(state_dict, dataset, split, MODEL, {**settings, "map_center": "image_median_capped"}, DENSITY)
@@ -241,6 +242,19 @@ def test_a_capped_centre_through_fit_localizer_takes_its_cap_from_the_calibratio
     assert metrics["maps"].endswith(", centred on each image's median (at most the calibration images' highest)")
     assert any("minus min(median, normal max)" in (axis.get_ylabel() or "") for axis in figure.axes)
     plt.close(figure)
+    calls = []
+
+    class Client:  # what the tracking hook sends MLflow for this localizer
+        def set_tag(self, *args):
+            calls.append(("tag", *args))
+
+        def log_metric(self, *args):
+            calls.append(("metric", *args))
+
+    hook = MlflowTrackingHook()
+    hook.client = Client()
+    hook._log_localizer("run", capped)
+    assert ("tag", "run", "map_center", "image_median_capped") in calls and ("metric", "run", "map_center_cap", map_settings["center_cap"]) in calls
 
 
 def _write_category(root, name: str) -> None:
