@@ -90,3 +90,29 @@ def test_lighting_benchmark_reads_a_localization_run(trained_project, monkeypatc
     monkeypatch.setattr(sys, "argv", [str(script), "--project-dir", str(trained_project), "--categories", "nothing_here"])
     with pytest.raises(FileNotFoundError, match=r"nothing_here/localizer: missing; run `kedro run --pipelines=localization`"):
         runpy.run_path(str(script), run_name="__main__")  # in this process: a second interpreter would spend seconds importing torch
+
+
+def test_seed_benchmark_reads_finished_runs_and_compares_map_max_with_the_image_model(trained_project, monkeypatch, capsys):
+    """benchmarks/bench_seeds.py: per-run figures equal the pipeline's own; a run twice gives zero spread; a folder without
+    a finished run is named."""
+    run_kedro(trained_project, pipeline_names=["localization"], only_missing_outputs=True)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_seeds.py"
+    data = trained_project / "data"
+    monkeypatch.setattr(sys, "argv", [str(script), "--category", "gravel", "--runs", str(data), str(data), "--resamples", "50"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    metrics = json.loads((data / "08_reporting/gravel/localization_metrics.json").read_text())
+    scores = pd.read_csv(data / "07_model_output/gravel/scores.csv")
+    from cutpaste.core.metrics import image_auroc
+
+    pooled = image_auroc(scores["label"], scores["score_pooled"] if "score_pooled" in scores else scores["score"])
+    expected = [metrics["pixel_auroc"], metrics["aupro"], metrics["image_auroc_from_map"], pooled]
+    run_rows = [line for line in out.splitlines() if line.startswith(f"| {data} |")]
+    assert len(run_rows) == 2 and run_rows[0] == run_rows[1]
+    assert run_rows[0].split(" | ")[1:5] == [f"{100 * value:.1f}" for value in expected]
+    mean_row = next(line for line in out.splitlines() if line.startswith("| mean +- standard error"))
+    assert mean_row.count("+- 0.0") == 6  # the same run twice: no spread between runs
+    assert "95 % paired bootstrap interval over test images (50 resamples)" in out
+    monkeypatch.setattr(sys, "argv", [str(script), "--category", "gravel", "--runs", str(trained_project / "nothing_here")])
+    with pytest.raises(SystemExit, match=r"nothing_here: not a finished localization run of gravel; missing .*score_maps.pkl"):
+        runpy.run_path(str(script), run_name="__main__")
