@@ -60,7 +60,7 @@ def category_row(data: Path, category: str, copies: int, seed: int, choice: bool
     masks = dataset["test_masks"]
     figures = {"none": test_figures(stored, masks, labels), "image_median": test_figures(center_on_image(stored), masks, labels),
                "image_median_capped": test_figures(center_on_image(stored, cap=cap), masks, labels)}
-    key = localizer.component if localizer.fused else "patch"
+    key = localizer.medians_key()
     test_medians = np.median(stored.reshape(len(stored), -1), axis=1)
     row = {"category": category, "calibration images": len(split["calibration"]),
            "calibration medians (min / max = cap)": f"{min(medians[key]):.2f} / {cap:.2f}",

@@ -731,12 +731,17 @@ class Localizer:
             return {"patch": medians(patch)}
         return {name: medians(self.fuse(patch, stem, name)) for name in COMPONENTS}
 
+    def medians_key(self, component: str | None = None) -> str:
+        """Which maps' entry of ``calibration_medians`` belongs to ``component`` (default: the maps this localizer
+        returns): that component when the maps are fused, else the patch maps."""
+        return (component or self.component) if self.fused else "patch"
+
     def center_cap(self, component: str | None = None) -> float:
         """The highest median among the held-out calibration maps of ``component`` (default: the maps this
         localizer returns), what ``map_center`` "image_median_capped" subtracts at most."""
         if not self.calibration_medians:
             raise ValueError("map_center image_median_capped needs the calibration images' held-out map medians: calibrate the localizer")
-        key = (component or self.component) if self.fused else "patch"
+        key = self.medians_key(component)
         if key not in self.calibration_medians:
             raise ValueError(f"the calibration map medians hold {sorted(self.calibration_medians)}, not the {key!r} maps this localizer returns")
         return float(max(self.calibration_medians[key]))
