@@ -92,24 +92,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="of the bootstrap draws")
     args = parser.parse_args()
     runs = [read_run(data, args.category) for data in args.runs]
-    for data, run in zip(args.runs, runs):
-        metrics_path = data / f"08_reporting/{args.category}/localization_metrics.json"
-        if metrics_path.is_file():  # the pipeline's own figure: the maps read here are the ones it scored
-            stored = json.loads(metrics_path.read_text())["image_auroc_from_map"]
-            if abs(stored - image_auroc(run["labels"], run["map_max"])) > 1e-9:
-                raise SystemExit(f"{metrics_path}: map-max image AUROC {stored} differs from the stored maps'")
     columns = ("pixel AUROC", "AUPRO", "map-max image AUROC", "image model, pooled GDE", "image model, image score",
                "map-max - pooled")
+    print(f"{args.category}: {len(runs)} runs, {int((runs[0]['labels'] == 0).sum())} normal and "
+          f"{int(runs[0]['labels'].sum())} defective test images\n")
+    print("| run | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
     rows = []
     for data, run in zip(args.runs, runs):
         figures = [run["pixel_auroc"], run["aupro"], image_auroc(run["labels"], run["map_max"]),
                    image_auroc(run["labels"], run["pooled"]), image_auroc(run["labels"], run["image_score"])]
+        metrics_path = data / f"08_reporting/{args.category}/localization_metrics.json"
+        if metrics_path.is_file():  # the pipeline's own figure: the maps read here are the ones it scored
+            stored = json.loads(metrics_path.read_text())["image_auroc_from_map"]
+            if abs(stored - figures[2]) > 1e-9:
+                raise SystemExit(f"{metrics_path}: map-max image AUROC {stored} differs from the stored maps'")
         rows.append(figures + [figures[2] - figures[3]])
         print(f"| {data} | " + " | ".join(f"{100 * value:.1f}" for value in rows[-1]) + " |")
-    print(f"\n{args.category}: {len(runs)} runs, {int((runs[0]['labels'] == 0).sum())} normal and "
-          f"{int(runs[0]['labels'].sum())} defective test images")
-    print("| figure | " + " | ".join(columns) + " |")
-    print("|---|" + "---|" * len(columns))
     print("| mean +- standard error over runs | " + " | ".join(mean_and_error([row[k] for row in rows]) for k in range(len(columns))) + " |")
     low, high = paired_bootstrap(runs, args.resamples, args.seed)
     print(f"\nmap-max - pooled, mean over runs: {100 * np.mean([row[-1] for row in rows]):.1f}; "
